@@ -1,0 +1,390 @@
+"""MaskRCNN: Matterport's model API on TensorFlow 2 / Keras 3.
+
+    model = MaskRCNN(mode="training", config=config, model_dir="logs")
+    model.train(dataset_train, dataset_val, learning_rate=config.LEARNING_RATE,
+                epochs=10, layers="heads")
+    model = MaskRCNN(mode="inference", config=config, model_dir="logs")
+    model.load_weights(model.find_last(), by_name=True)
+    r = model.detect([image])[0]   # rois, class_ids, scores, masks
+
+The graph is assembled in mrcnn.graph, trained by mrcnn.training, fed by mrcnn.data; this
+module ties them together and re-exports the model-level names Matterport's users import
+from ``mrcnn.model``.
+"""
+
+import datetime
+import glob
+import logging
+import os
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mrcnn import utils
+from mrcnn.config import Config
+from mrcnn.graph import (INFERENCE_OUTPUTS, TRAINING_EXTRA_OUTPUTS, build_graph,
+                         loss_output_names, numpy_anchors)
+from mrcnn.imagemeta import (compose_image_meta, mold_image, parse_image_meta,  # noqa: F401
+                             parse_image_meta_graph, unmold_image)
+from mrcnn.inference import check_images, mold_inputs, unmold_detections
+from mrcnn.training import (CheckpointCallback, NonFiniteLossError, NonFiniteLossGuard,
+                            TrainingModel, frozen_stage_regex, make_optimizer,
+                            resolve_layers, set_trainable)
+from mrcnn.utils import compute_backbone_shapes  # noqa: F401  (Matterport's name)
+
+log = logging.getLogger("mrcnn")
+
+
+class MaskRCNN(object):
+    """Mask R-CNN (or Cascade Mask R-CNN when config.CASCADE) with Matterport's API.
+
+    mode: "training" or "inference". config: a Config instance. model_dir: directory for
+    training logs and checkpoints. strategy: an optional tf.distribute strategy; by default
+    GPU_COUNT > 1 uses MirroredStrategy over the visible GPUs.
+    """
+
+    def __init__(self, mode, config, model_dir, strategy=None):
+        if mode not in ("training", "inference"):
+            raise ValueError("mode must be 'training' or 'inference', got {!r}".format(mode))
+        if not isinstance(config, Config):
+            raise TypeError("config must be an mrcnn.config.Config instance")
+        self.mode = mode
+        self.config = config
+        self.model_dir = model_dir
+        self.epoch = 0
+        self.strategy = strategy or _default_strategy(config)
+        _set_precision_policy(config)
+        self.set_log_dir()
+        with self.strategy.scope():
+            self.keras_model = self.build(mode=mode, config=config)
+        self._trainer = None
+        self._detect_fn = None
+
+    # ------------------------------------------------------------------ graph
+    def build(self, mode, config):
+        """Build the Keras functional model (Matterport's build)."""
+        return build_graph(mode, config)
+
+    @property
+    def output_names(self):
+        """Names of keras_model's outputs in order."""
+        if self.mode == "training":
+            return loss_output_names(self.config) + list(TRAINING_EXTRA_OUTPUTS)
+        return list(INFERENCE_OUTPUTS)
+
+    def get_anchors(self, image_shape):
+        """Normalised anchors [A, 4] for a molded image shape (Matterport's get_anchors)."""
+        return numpy_anchors(self.config, image_shape)
+
+    # ------------------------------------------------------------------ weights
+    def find_last(self):
+        """Path of the last checkpoint of the newest run of this config's NAME.
+
+        Raises FileNotFoundError naming model_dir when there is none.
+        """
+        name = self.config.NAME.lower() if self.config.NAME else ""
+        dir_names = sorted(d for d in next(os.walk(self.model_dir))[1]
+                           if d.startswith(name)) if os.path.isdir(self.model_dir) else []
+        if not dir_names:
+            raise FileNotFoundError(
+                "Could not find model directory under {}".format(self.model_dir))
+        # Newest run first; skip runs that never wrote a checkpoint.
+        for dir_name in reversed(dir_names):
+            d = os.path.join(self.model_dir, dir_name)
+            checkpoints = sorted(f for f in os.listdir(d)
+                                 if f.startswith("mask_rcnn") and f.endswith(".h5"))
+            if checkpoints:
+                return os.path.join(d, checkpoints[-1])
+        raise FileNotFoundError("Could not find weight files in {}".format(
+            os.path.join(self.model_dir, dir_names[-1])))
+
+    def load_weights(self, filepath, by_name=False, exclude=None, verbose=1):
+        """Load weights from a Keras-2-layout .h5 file (Matterport's files, our
+        checkpoints) by layer name; returns the load report.
+
+        by_name is accepted for Matterport compatibility: loading is always by name, which
+        also covers files of the same topology. exclude: layer names or regexes to skip.
+        """
+        from mrcnn.weights import load_weights_by_name
+        report = load_weights_by_name(self.keras_model, filepath, exclude=exclude,
+                                      verbose=verbose)
+        self.set_log_dir(filepath)
+        return report
+
+    def save_weights(self, filepath):
+        """Write all weights by layer name, atomically (Keras-2 HDF5 layout)."""
+        from mrcnn.weights import save_weights_h5
+        save_weights_h5(self.keras_model, filepath)
+
+    def get_imagenet_weights(self):
+        """Download the ImageNet-trained ResNet-50 weights (Keras-2 layout) and return the
+        local path. Needs the internet."""
+        from mrcnn.weights import download_imagenet_resnet50
+        return download_imagenet_resnet50()
+
+    # ------------------------------------------------------------------ training
+    def set_log_dir(self, model_path=None):
+        """Set the run directory and epoch counter; from a checkpoint path, continue its
+        run and epoch numbering (Matterport's behaviour)."""
+        self.epoch = 0
+        now = datetime.datetime.now()
+        if model_path:
+            regex = (r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]mask\_rcnn\_"
+                     r"[\w-]+(\d{4})\.h5")
+            m = re.match(regex, str(model_path).replace(os.sep, "/"))
+            if m:
+                now = datetime.datetime(int(m.group(1)), int(m.group(2)), int(m.group(3)),
+                                        int(m.group(4)), int(m.group(5)))
+                # The file's epoch number is 1-based: training continues after it.
+                self.epoch = int(m.group(6))
+        name = self.config.NAME.lower() if self.config.NAME else "mrcnn"
+        self.log_dir = os.path.join(self.model_dir, "{}{:%Y%m%dT%H%M}".format(name, now))
+        self.checkpoint_path = os.path.join(
+            self.log_dir, "mask_rcnn_{}_*epoch*.h5".format(name)).replace(
+            "*epoch*", "{epoch:04d}")
+
+    def set_trainable(self, layer_regex, keras_model=None, indent=0, verbose=1):
+        """Make layers whose names match ``layer_regex`` trainable, the rest frozen.
+        Backbone stages frozen by BACKBONE_FROZEN_STAGES stay frozen."""
+        model = keras_model or self.keras_model
+        set_trainable(model, layer_regex,
+                      frozen_stage_regex(self.config.BACKBONE_FROZEN_STAGES),
+                      verbose=verbose > 0, indent=indent)
+
+    def compile(self, learning_rate, momentum=None):
+        """Create the training wrapper with a fresh optimizer (needed after any change of
+        trainable layers)."""
+        if self.mode != "training":
+            raise RuntimeError("compile() needs a model built in 'training' mode")
+        with self.strategy.scope():
+            self._trainer = TrainingModel(self.keras_model, self.config)
+            self._trainer.compile(optimizer=make_optimizer(self.config, learning_rate),
+                                  jit_compile=False)
+        return self._trainer
+
+    def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
+              augmentation=None, custom_callbacks=None, no_augmentation_sources=None,
+              on_error="raise", verbose=1):
+        """Train until epoch ``epochs`` (cumulative, as in Matterport).
+
+        layers: "heads", "3+", "4+", "5+", "all" or a regex of layer names.
+        augmentation: an imgaug augmenter (mrcnn.augment.iaa) applied to images and masks.
+        on_error: "raise" stops at a broken image naming it; "skip" warns, skips it and
+        reports the count at the end of each epoch.
+        Returns the Keras History (or None when there was nothing to do).
+        """
+        if self.mode != "training":
+            raise RuntimeError("Create the model in training mode to train it")
+        from mrcnn import data
+        for name, ds in (("train_dataset", train_dataset), ("val_dataset", val_dataset)):
+            data.check_dataset(ds, name)
+        if self.epoch >= epochs:
+            log.info("Already at epoch %d >= %d: nothing to train", self.epoch, epochs)
+            return None
+
+        layer_regex = resolve_layers(layers)
+        train_ds = data.build_dataset(train_dataset, self.config, shuffle=True,
+                                      augmentation=augmentation,
+                                      no_augmentation_sources=no_augmentation_sources,
+                                      on_error=on_error)
+        val_ds = data.build_dataset(val_dataset, self.config, shuffle=True,
+                                    on_error=on_error)
+        if not os.path.exists(self.log_dir):
+            os.makedirs(self.log_dir)
+
+        guard = NonFiniteLossGuard(loss_output_names(self.config))
+        callbacks = [
+            guard,
+            keras.callbacks.TensorBoard(log_dir=self.log_dir, histogram_freq=0,
+                                        write_graph=False),
+            CheckpointCallback(self.keras_model, self.checkpoint_path, verbose=verbose),
+        ]
+        callbacks += data.skip_report_callbacks(train_ds, val_ds)
+        callbacks += list(custom_callbacks or [])
+
+        if verbose:
+            print("\nStarting at epoch {}. LR={}\n".format(self.epoch, learning_rate))
+            print("Checkpoint Path: {}".format(self.checkpoint_path))
+        self.set_trainable(layer_regex, verbose=verbose - 1)
+        trainer = self.compile(learning_rate)
+        if self.strategy.num_replicas_in_sync > 1:
+            train_ds = self.strategy.experimental_distribute_dataset(train_ds)
+            val_ds = self.strategy.experimental_distribute_dataset(val_ds)
+        history = trainer.fit(
+            train_ds, initial_epoch=self.epoch, epochs=epochs,
+            steps_per_epoch=self.config.STEPS_PER_EPOCH, callbacks=callbacks,
+            validation_data=val_ds if self.config.VALIDATION_STEPS else None,
+            validation_steps=self.config.VALIDATION_STEPS or None, verbose=verbose)
+        if guard.error is not None:
+            raise guard.error
+        self.epoch = max(self.epoch, epochs)
+        return history
+
+    # ------------------------------------------------------------------ inference
+    def _inference_fn(self):
+        """One traced function for every image size and batch size (no retracing)."""
+        if self._detect_fn is None:
+            model = self.keras_model
+            c = self.config
+
+            @tf.function(input_signature=[
+                tf.TensorSpec([None, None, None, c.IMAGE_CHANNEL_COUNT], tf.float32),
+                tf.TensorSpec([None, c.IMAGE_META_SIZE], tf.float32)])
+            def detect_fn(images, metas):
+                outputs = model([images, metas], training=False)
+                return outputs[0], outputs[3]
+
+            self._detect_fn = detect_fn
+        return self._detect_fn
+
+    def mold_inputs(self, images):
+        """Matterport's mold_inputs: (molded_images, image_metas, windows)."""
+        return mold_inputs(check_images(images, self.config.IMAGE_CHANNEL_COUNT), self.config)
+
+    def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
+                          window):
+        """Matterport's unmold_detections (see mrcnn.inference.unmold_detections)."""
+        return unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape,
+                                 window)
+
+    def detect(self, images, verbose=0):
+        """Detect instances in any number of images.
+
+        images: list of images [H, W, 3] (uint8; grayscale, RGBA, uint16 and float are
+        converted, see mrcnn.inference.check_images). Returns one dict per image: rois
+        [N, 4] (y1, x1, y2, x2 pixels of the original image), class_ids [N], scores [N],
+        masks [H, W, N] bool.
+        """
+        if self.mode != "inference":
+            raise RuntimeError("Create the model in inference mode to detect")
+        images = check_images(images, self.config.IMAGE_CHANNEL_COUNT)
+        if verbose:
+            print("Processing {} images".format(len(images)))
+        results = []
+        bs = self.config.BATCH_SIZE
+        for start in range(0, len(images), bs):
+            chunk = images[start:start + bs]
+            molded, metas, windows = mold_inputs(chunk, self.config)
+            results += self._detect_molded_batch(chunk, molded, metas, windows)
+        return results
+
+    def _detect_molded_batch(self, originals, molded, metas, windows):
+        detections, masks = self._inference_fn()(tf.constant(molded), tf.constant(metas))
+        detections, masks = detections.numpy(), masks.numpy()
+        results = []
+        for i, image in enumerate(originals):
+            rois, class_ids, scores, full_masks = unmold_detections(
+                detections[i], masks[i], image.shape, molded[i].shape, windows[i])
+            results.append({"rois": rois, "class_ids": class_ids, "scores": scores,
+                            "masks": full_masks})
+        return results
+
+    def detect_molded(self, molded_images, image_metas, verbose=0):
+        """Detect on images already molded (e.g. from load_image_gt + mold_image).
+
+        molded_images: [N, h, w, C] float32, image_metas [N, META]. Returns dicts whose
+        boxes/masks are in the coordinates of the images given by the metas.
+        """
+        if self.mode != "inference":
+            raise RuntimeError("Create the model in inference mode to detect")
+        molded_images = np.asarray(molded_images, np.float32)
+        image_metas = np.asarray(image_metas, np.float32)
+        meta = parse_image_meta(image_metas)
+        detections, masks = self._inference_fn()(tf.constant(molded_images),
+                                                 tf.constant(image_metas))
+        detections, masks = detections.numpy(), masks.numpy()
+        results = []
+        for i in range(len(molded_images)):
+            window = [0, 0, molded_images.shape[1], molded_images.shape[2]]
+            rois, class_ids, scores, full_masks = unmold_detections(
+                detections[i], masks[i], molded_images[i].shape, molded_images[i].shape,
+                window)
+            results.append({"rois": rois, "class_ids": class_ids, "scores": scores,
+                            "masks": full_masks, "window": meta["window"][i]})
+        return results
+
+    # ------------------------------------------------------------------ inspection
+    def ancestor(self, tensor, name, checked=None):
+        """Find the layer named ``name`` among the layers that produce ``tensor``."""
+        checked = checked if checked is not None else []
+        if len(checked) > 500:
+            return None
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return None
+        layer = history.operation if hasattr(history, "operation") else history[0]
+        if re.fullmatch(name, layer.name):
+            return tensor
+        checked.append(layer.name)
+        for node in getattr(layer, "_inbound_nodes", []):
+            for parent in node.input_tensors:
+                found = self.ancestor(parent, name, checked)
+                if found is not None:
+                    return found
+        return None
+
+    def find_trainable_layer(self, layer):
+        """Return the layer itself (Keras 3 has no TimeDistributed wrappers here)."""
+        return layer
+
+    def get_trainable_layers(self):
+        """Layers that have weights, sub-models expanded."""
+        out = []
+        for layer in self.keras_model.layers:
+            if isinstance(layer, keras.Model):
+                out += [sub for sub in layer.layers if sub.weights]
+            elif layer.weights:
+                out.append(layer)
+        return out
+
+    def run_graph(self, images, outputs, image_metas=None):
+        """Run the graph on images and return the named intermediate tensors.
+
+        outputs: list of (name, tensor-or-layer-name) pairs, where the second element is a
+        KerasTensor of keras_model or the name of a layer. Returns an OrderedDict of numpy
+        arrays. Example:
+            model.run_graph([image], [("proposals", "ROI"), ("p2", "fpn_p2")])
+        """
+        from collections import OrderedDict
+        model = self.keras_model
+        tensors = []
+        for name, t in outputs:
+            if isinstance(t, str):
+                t = model.get_layer(t).output
+            tensors.append(t)
+        sub = keras.Model(model.inputs, tensors)
+        if self.mode == "inference":
+            molded, metas, _ = self.mold_inputs(images)
+            values = sub([tf.constant(molded), tf.constant(metas)], training=False)
+        else:
+            values = sub(images, training=False)
+        if not isinstance(values, (list, tuple)):
+            values = [values]
+        result = OrderedDict()
+        for (name, _), v in zip(outputs, values):
+            result[name] = keras.ops.convert_to_numpy(v)
+        return result
+
+
+def _default_strategy(config):
+    """MirroredStrategy when GPU_COUNT > 1, else the default (no-op) strategy."""
+    if config.GPU_COUNT > 1:
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus[:config.GPU_COUNT]]
+        if len(devices) < config.GPU_COUNT:
+            raise ValueError("GPU_COUNT = {} but only {} GPU(s) are visible".format(
+                config.GPU_COUNT, len(devices)))
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.get_strategy()
+
+
+def _set_precision_policy(config):
+    """Apply config.MIXED_PRECISION as Keras's global dtype policy before building."""
+    policy = config.MIXED_PRECISION or "float32"
+    keras.mixed_precision.set_global_policy(policy)
+
+
+__all__ = ["MaskRCNN", "NonFiniteLossError", "compose_image_meta", "parse_image_meta",
+           "parse_image_meta_graph", "mold_image", "unmold_image", "compute_backbone_shapes"]

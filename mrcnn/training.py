@@ -1,0 +1,214 @@
+"""The training step, optimizer and callbacks.
+
+``TrainingModel`` wraps the functional training graph (whose outputs include one scalar
+per named loss) and owns ``train_step``/``test_step``: the weighted sum of the losses
+(LOSS_WEIGHTS, and the cascade stage weights), Matterport's L2 weight decay, global
+gradient clipping, and one ``Mean`` tracker per named loss so Keras's progress bar and
+History show every loss by name. Under a ``tf.distribute`` strategy the per-replica loss
+is divided by the replica count, because gradients are summed across replicas.
+"""
+
+import math
+import os
+import re
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mrcnn.graph import loss_output_names, loss_weight
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training loss becomes NaN or infinite."""
+
+
+def decayed_weights(model):
+    """Trainable weights that get L2 decay: all but batch-norm gamma/beta (Matterport)."""
+    out = []
+    for w in model.trainable_weights:
+        name = w.path if hasattr(w, "path") else w.name
+        if name.endswith(("gamma", "beta")) or "/gamma" in name or "/beta" in name:
+            continue
+        out.append(w)
+    return out
+
+
+class TrainingModel(keras.Model):
+    """Owns the training loop of a functional Mask R-CNN training graph."""
+
+    def __init__(self, graph, config, **kwargs):
+        super().__init__(name="mask_rcnn_training", **kwargs)
+        self.graph = graph
+        self.config = config
+        self.loss_names = loss_output_names(config)
+        self.loss_weights_ = [loss_weight(config, n) for n in self.loss_names]
+        self.total_tracker = keras.metrics.Mean(name="loss")
+        self.trackers = [keras.metrics.Mean(name=n) for n in self.loss_names]
+        self._decayed = None
+
+    @property
+    def metrics(self):
+        return [self.total_tracker] + list(self.trackers)
+
+    def call(self, inputs, training=False):
+        return self.graph(inputs, training=training)
+
+    def _losses(self, inputs, training):
+        outputs = self.graph(inputs, training=training)
+        named = [tf.cast(outputs[i], tf.float32) for i in range(len(self.loss_names))]
+        total = tf.add_n([w * l for w, l in zip(self.loss_weights_, named)])
+        if self.config.WEIGHT_DECAY:
+            if self._decayed is None:
+                self._decayed = decayed_weights(self.graph)
+            if self._decayed:
+                # Matterport's form: L2 of each weight divided by its size.
+                decay = tf.add_n([
+                    tf.reduce_sum(tf.square(tf.cast(w, tf.float32))) /
+                    tf.cast(tf.size(w), tf.float32) for w in self._decayed])
+                total = total + self.config.WEIGHT_DECAY * decay
+        return total, named
+
+    def _update(self, total, named):
+        self.total_tracker.update_state(total)
+        for tracker, value in zip(self.trackers, named):
+            tracker.update_state(value)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        inputs = data[0] if isinstance(data, tuple) else data
+        with tf.GradientTape() as tape:
+            total, named = self._losses(inputs, training=True)
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = total / tf.cast(replicas, tf.float32)
+            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+                scaled = self.optimizer.scale_loss(scaled)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        self.optimizer.apply_gradients(pairs)
+        return self._update(total, named)
+
+    def test_step(self, data):
+        inputs = data[0] if isinstance(data, tuple) else data
+        total, named = self._losses(inputs, training=False)
+        return self._update(total, named)
+
+
+def make_optimizer(config, learning_rate):
+    """SGD with momentum and global-norm clipping (Matterport's choice)."""
+    opt = keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.LEARNING_MOMENTUM,
+                               global_clipnorm=config.GRADIENT_CLIP_NORM)
+    if config.MIXED_PRECISION == "mixed_float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Writes ``checkpoint_path.format(epoch=N)`` at the end of every epoch, atomically and
+    in the Keras-2 by-name layout (mrcnn.weights.save_weights_h5). Never writes weights
+    that hold a non-finite value."""
+
+    def __init__(self, graph, checkpoint_path, verbose=0):
+        super().__init__()
+        self.graph = graph
+        self.checkpoint_path = checkpoint_path
+        self.verbose = verbose
+        self.last_saved = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        from mrcnn.weights import save_weights_h5
+        for w in self.graph.weights:
+            if not np.all(np.isfinite(keras.ops.convert_to_numpy(w))):
+                warnings.warn("weights of {} are not finite at epoch {}: checkpoint not "
+                              "written".format(w.path, epoch + 1))
+                return
+        path = self.checkpoint_path.format(epoch=epoch + 1)
+        save_weights_h5(self.graph, path)
+        self.last_saved = path
+        if self.verbose:
+            print("\nSaved checkpoint {}".format(path))
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss (any named loss) is NaN or inf, naming
+    the loss and the step. The last good checkpoint stays in place."""
+
+    def __init__(self, loss_names):
+        super().__init__()
+        self.loss_names = list(loss_names)
+        self.step = 0
+        self.epoch = 0
+        self.error = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        logs = logs or {}
+        bad = [n for n in ["loss"] + self.loss_names
+               if n in logs and not math.isfinite(float(logs[n]))]
+        if bad:
+            # Running means become non-finite as soon as one batch is: name the loss(es).
+            named = [n for n in bad if n != "loss"] or bad
+            self.error = NonFiniteLossError(
+                "non-finite loss at epoch {}, batch {} (global step {}): {}. Training "
+                "stopped; no checkpoint was written for this epoch. Try a lower "
+                "LEARNING_RATE, GRADIENT_CLIP_NORM, or check the data.".format(
+                    self.epoch + 1, batch + 1, self.step,
+                    ", ".join("{}={}".format(n, logs[n]) for n in named)))
+            self.model.stop_training = True
+
+
+LAYER_REGEX = {
+    # all layers but the backbone
+    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    # From a specific ResNet stage and up
+    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "all": ".*",
+}
+
+
+def frozen_stage_regex(stages):
+    """Regex of the backbone layers frozen by BACKBONE_FROZEN_STAGES = ``stages``."""
+    if stages <= 0:
+        return None
+    parts = [r"conv1", r"bn_conv1"]
+    for s in range(2, stages + 1):
+        parts += [r"res{}.*".format(s), r"bn{}.*".format(s)]
+    return "|".join("(" + p + ")" for p in parts)
+
+
+def set_trainable(model, layer_regex, frozen_regex=None, verbose=0, indent=0):
+    """Set ``trainable`` on layers whose name fully matches ``layer_regex``; layers that
+    match ``frozen_regex`` stay frozen whatever the regex. Recurses into sub-models."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            if verbose:
+                print("In model: ", layer.name)
+            set_trainable(layer, layer_regex, frozen_regex, verbose, indent + 4)
+            layer.trainable = any(sub.trainable for sub in layer.layers)
+            continue
+        if not layer.weights:
+            continue
+        trainable = bool(re.fullmatch(layer_regex, layer.name))
+        if frozen_regex and re.fullmatch(frozen_regex, layer.name):
+            trainable = False
+        layer.trainable = trainable
+        if trainable and verbose:
+            print("{}{:20}   ({})".format(" " * indent, layer.name, type(layer).__name__))
+
+
+def resolve_layers(layers):
+    """Map Matterport's layer presets ("heads", "3+", ...) to a regex; pass regexes through."""
+    return LAYER_REGEX.get(layers, layers)
+
+
+def epoch_from_checkpoint(path):
+    """Epoch number (1-based) of a checkpoint named like ``mask_rcnn_{name}_{epoch:04d}.h5``."""
+    m = re.search(r"mask\_rcnn\_.*?(\d{4})\.h5$", os.path.basename(path))
+    return int(m.group(1)) if m else None
