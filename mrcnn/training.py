@@ -40,7 +40,7 @@ class TrainingModel(keras.Model):
 
     def __init__(self, graph, config, **kwargs):
         super().__init__(name="mask_rcnn_training", **kwargs)
-        self.graph = graph
+        self.net = graph
         self.config = config
         self.loss_names = loss_output_names(config)
         self.loss_weights_ = [loss_weight(config, n) for n in self.loss_names]
@@ -53,15 +53,15 @@ class TrainingModel(keras.Model):
         return [self.total_tracker] + list(self.trackers)
 
     def call(self, inputs, training=False):
-        return self.graph(inputs, training=training)
+        return self.net(inputs, training=training)
 
-    def _losses(self, inputs, training):
-        outputs = self.graph(inputs, training=training)
+    def _compute_losses(self, inputs, training):
+        outputs = self.net(inputs, training=training)
         named = [tf.cast(outputs[i], tf.float32) for i in range(len(self.loss_names))]
         total = tf.add_n([w * l for w, l in zip(self.loss_weights_, named)])
         if self.config.WEIGHT_DECAY:
             if self._decayed is None:
-                self._decayed = decayed_weights(self.graph)
+                self._decayed = decayed_weights(self.net)
             if self._decayed:
                 # Matterport's form: L2 of each weight divided by its size.
                 decay = tf.add_n([
@@ -79,7 +79,7 @@ class TrainingModel(keras.Model):
     def train_step(self, data):
         inputs = data[0] if isinstance(data, tuple) else data
         with tf.GradientTape() as tape:
-            total, named = self._losses(inputs, training=True)
+            total, named = self._compute_losses(inputs, training=True)
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled = total / tf.cast(replicas, tf.float32)
             if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
@@ -92,7 +92,7 @@ class TrainingModel(keras.Model):
 
     def test_step(self, data):
         inputs = data[0] if isinstance(data, tuple) else data
-        total, named = self._losses(inputs, training=False)
+        total, named = self._compute_losses(inputs, training=False)
         return self._update(total, named)
 
 
@@ -112,20 +112,20 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     def __init__(self, graph, checkpoint_path, verbose=0):
         super().__init__()
-        self.graph = graph
+        self.net = graph
         self.checkpoint_path = checkpoint_path
         self.verbose = verbose
         self.last_saved = None
 
     def on_epoch_end(self, epoch, logs=None):
         from mrcnn.weights import save_weights_h5
-        for w in self.graph.weights:
+        for w in self.net.weights:
             if not np.all(np.isfinite(keras.ops.convert_to_numpy(w))):
                 warnings.warn("weights of {} are not finite at epoch {}: checkpoint not "
                               "written".format(w.path, epoch + 1))
                 return
         path = self.checkpoint_path.format(epoch=epoch + 1)
-        save_weights_h5(self.graph, path)
+        save_weights_h5(self.net, path)
         self.last_saved = path
         if self.verbose:
             print("\nSaved checkpoint {}".format(path))
