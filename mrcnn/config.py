@@ -151,10 +151,17 @@ class Config(object):
     def __init__(self):
         """Compute derived attributes and validate every setting."""
         # Copy mutable class-level defaults so one instance never edits another's.
+        if not isinstance(self.LOSS_WEIGHTS, dict):
+            self._fail("LOSS_WEIGHTS", "must be a dict of loss name -> weight")
         self.LOSS_WEIGHTS = dict(self.LOSS_WEIGHTS)
-        self.MEAN_PIXEL = np.asarray(self.MEAN_PIXEL, dtype=np.float64)
-        self.RPN_BBOX_STD_DEV = np.asarray(self.RPN_BBOX_STD_DEV, dtype=np.float64)
-        self.BBOX_STD_DEV = np.asarray(self.BBOX_STD_DEV, dtype=np.float64)
+        for attr in ("MEAN_PIXEL", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV"):
+            try:
+                value = np.array(getattr(self, attr), dtype=np.float64, copy=True)
+            except (TypeError, ValueError):
+                self._fail(attr, "must be a list of numbers")
+            setattr(self, attr, value)
+        if not isinstance(self.PRE_NMS_LIMIT, numbers.Integral) or self.PRE_NMS_LIMIT <= 0:
+            self._fail("PRE_NMS_LIMIT", "must be an integer > 0")
 
         self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
 
@@ -196,8 +203,35 @@ class Config(object):
             self._fail(attr, "must be a number in {}{}, {}]".format(
                 "(" if low_open else "[", low, high))
 
+    def _number_list(self, attr, length=None, positive=True, min_length=1):
+        """attr must be a sequence of finite (positive) real numbers."""
+        v = getattr(self, attr)
+        rule = "must be a list of {}{} numbers".format(
+            "{} ".format(length) if length else "", "positive" if positive else "finite")
+        if isinstance(v, (str, bytes)) or not hasattr(v, "__len__"):
+            self._fail(attr, rule)
+        if (length and len(v) != length) or len(v) < min_length:
+            self._fail(attr, rule)
+        for x in v:
+            if isinstance(x, bool) or not isinstance(x, numbers.Real) or \
+                    not math.isfinite(x) or (positive and x <= 0):
+                self._fail(attr, rule)
+
     def validate(self):
         """Check every attribute; raise ConfigError naming the first bad one."""
+        self._number_list("BACKBONE_STRIDES", length=5)
+        self._number_list("RPN_ANCHOR_SCALES")
+        self._number_list("RPN_ANCHOR_RATIOS")
+        self._number_list("MASK_SHAPE", length=2)
+        self._number_list("MINI_MASK_SHAPE", length=2)
+        self._number_list("CASCADE_IOUS")
+        self._number_list("CASCADE_STAGE_WEIGHTS", positive=False)
+        self._number_list("MEAN_PIXEL", positive=False)
+        if self.GRADIENT_CLIP_NORM is not None and (
+                isinstance(self.GRADIENT_CLIP_NORM, bool) or
+                not isinstance(self.GRADIENT_CLIP_NORM, numbers.Real) or
+                not math.isfinite(self.GRADIENT_CLIP_NORM)):
+            self._fail("GRADIENT_CLIP_NORM", "must be a number > 0 or None")
         for attr in ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "NUM_CLASSES",
                      "TOP_DOWN_PYRAMID_SIZE", "FPN_CLASSIF_FC_LAYERS_SIZE",
                      "BOX_HEAD_CONV_DIM", "BOX_HEAD_NUM_FCS", "RPN_ANCHOR_STRIDE",
@@ -209,8 +243,6 @@ class Config(object):
             self._positive_int(attr)
         for attr in ("VALIDATION_STEPS", "BOX_HEAD_NUM_CONVS", "IMAGE_MIN_DIM"):
             self._positive_int(attr, allow_zero=True)
-        if self.IMAGE_MIN_DIM is None:
-            self._fail("IMAGE_MIN_DIM", "must be an integer")
 
         if not (isinstance(self.BACKBONE, str) and self.BACKBONE in self._BACKBONES) \
                 and not callable(self.BACKBONE):
@@ -254,12 +286,12 @@ class Config(object):
         if mode not in self._RESIZE_MODES:
             self._fail("IMAGE_RESIZE_MODE", "must be one of {}".format(self._RESIZE_MODES))
         self._positive_int("IMAGE_MAX_DIM")
-        if mode in ("square", "pad64") and self.IMAGE_MAX_DIM % 64:
+        if mode == "square" and self.IMAGE_MAX_DIM % 64:
             self._fail("IMAGE_MAX_DIM", "must be divisible by 64 in {!r} mode (five 2x "
                        "downsamplings), e.g. 256, 320, 512, 1024".format(mode))
         if mode == "crop" and self.IMAGE_MIN_DIM % 64:
             self._fail("IMAGE_MIN_DIM", "must be divisible by 64 in 'crop' mode")
-        if mode != "none" and self.IMAGE_MIN_DIM and self.IMAGE_MIN_DIM > self.IMAGE_MAX_DIM:
+        if mode == "square" and self.IMAGE_MIN_DIM and self.IMAGE_MIN_DIM > self.IMAGE_MAX_DIM:
             self._fail("IMAGE_MIN_DIM", "must not exceed IMAGE_MAX_DIM ({})".format(
                 self.IMAGE_MAX_DIM))
         if not isinstance(self.IMAGE_MIN_SCALE, numbers.Real) or self.IMAGE_MIN_SCALE < 0:
@@ -289,14 +321,16 @@ class Config(object):
         for name in self._LOSS_NAMES:
             self.LOSS_WEIGHTS.setdefault(name, 1.0)
             w = self.LOSS_WEIGHTS[name]
-            if not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
+            if isinstance(w, bool) or not isinstance(w, numbers.Real) or \
+                    not math.isfinite(w) or w < 0:
                 self._fail("LOSS_WEIGHTS", "weight of {} must be a finite number >= 0".format(
                     name))
 
         for attr in ("LEARNING_RATE", "LEARNING_MOMENTUM", "WEIGHT_DECAY"):
             v = getattr(self, attr)
-            if not isinstance(v, numbers.Real) or v < 0:
-                self._fail(attr, "must be a number >= 0")
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or \
+                    not math.isfinite(v) or v < 0:
+                self._fail(attr, "must be a finite number >= 0")
         if self.GRADIENT_CLIP_NORM is not None and not self.GRADIENT_CLIP_NORM > 0:
             self._fail("GRADIENT_CLIP_NORM", "must be > 0 or None")
 
