@@ -1,0 +1,791 @@
+"""Generic dataset loaders built on ``mrcnn.utils.Dataset``.
+
+* ``CocoJsonDataset``: any COCO "instances" JSON + image folder (polygons, RLE, crowds).
+* ``ViaDataset``: VGG Image Annotator polygon JSON (VIA 1.x, 2.x and VIA 2 project files).
+* ``NucleusDataset``: the DSB2018 layout, one folder per image with ``images/<id>.png``
+  and ``masks/*.png`` (one binary PNG per instance).
+
+All three follow Matterport's conventions: register classes with ``add_class``, images
+with ``add_image``, call ``prepare()``, then ``load_mask(image_id)`` returns
+``(masks bool [H, W, N], class_ids int32 [N])`` with internal (contiguous) class ids.
+Instances whose mask has no pixel are dropped, as Matterport does; crowd annotations get a
+negative class id so training excludes them as targets.
+
+Bad input raises ``DatasetError`` (a ValueError) naming the file and the entry. Loaders
+that take ``skip_bad=True`` instead warn once per file and skip only the bad entries; each
+skipped entry is recorded in ``dataset.skipped`` as ``(file, entry, reason)``.
+"""
+
+import contextlib
+import io
+import json
+import math
+import numbers
+import os
+import warnings
+
+import numpy as np
+import skimage.draw
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from mrcnn.utils import Dataset, DatasetError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+
+# Points used to turn VIA circles / ellipses into polygons (enough for < 0.5 px error
+# on radii up to ~100 px; the mask is rasterised anyway).
+_ELLIPSE_POINTS = 64
+
+
+class MissingFileError(DatasetError, FileNotFoundError):
+    """A dataset file or folder does not exist. Is both a DatasetError and FileNotFoundError."""
+
+
+class DatasetWarning(UserWarning):
+    """Entries skipped (skip_bad=True) or unusable regions dropped while loading."""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def image_size(path):
+    """(height, width) of the image file at ``path``.
+
+    Reads only the file header through PIL when the format allows (no full decode);
+    falls back to decoding with scikit-image. Raises DatasetError naming the file.
+    """
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+        return int(height), int(width)
+    except FileNotFoundError:
+        raise MissingFileError("image file not found: {}".format(path))
+    except Exception:  # PIL cannot parse the header: try a full decode
+        try:
+            import skimage.io
+            shape = skimage.io.imread(path).shape
+            return int(shape[0]), int(shape[1])
+        except Exception as e:
+            raise DatasetError("{}: cannot read the image: {}".format(path, e))
+
+
+def polygon_area(xs, ys):
+    """Area enclosed by a simple polygon (shoelace formula), vertices in order."""
+    x = np.asarray(xs, dtype=np.float64)
+    y = np.asarray(ys, dtype=np.float64)
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def ann_to_rle(segmentation, height, width):
+    """COCO segmentation (polygons, uncompressed or compressed RLE) -> one compressed RLE.
+
+    Polygon parts of one object are merged into a single RLE, as pycocotools' annToRLE.
+    """
+    if isinstance(segmentation, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation["counts"], list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    return segmentation
+
+
+def ann_to_mask(segmentation, height, width):
+    """COCO segmentation -> uint8 mask [H, W] (1 inside the object)."""
+    return mask_utils.decode(ann_to_rle(segmentation, height, width))
+
+
+def split_items(items, val_fraction=0.1, seed=42):
+    """Deterministic train/validation split of a list of ids.
+
+    The ids are sorted, permuted with ``np.random.RandomState(seed)`` (a stream numpy
+    guarantees stable across versions) and the first ``n_val`` of the permutation form the
+    validation set. ``val_fraction``: a float in (0, 1) -> ``n_val = round(n * fraction)``
+    (at least 1, at most n - 1); an int -> exactly that many validation ids.
+    Returns ``(train_ids, val_ids)``, both sorted.
+    """
+    items = sorted(items)
+    n = len(items)
+    if n < 2:
+        raise DatasetError("cannot split {} item(s) into train and validation".format(n))
+    if isinstance(val_fraction, numbers.Integral) and not isinstance(val_fraction, bool):
+        n_val = int(val_fraction)
+        if not 1 <= n_val < n:
+            raise DatasetError("val_fraction={} validation items: must be in [1, {}]".format(
+                n_val, n - 1))
+    elif isinstance(val_fraction, numbers.Real) and 0 < val_fraction < 1:
+        n_val = min(max(int(round(n * val_fraction)), 1), n - 1)
+    else:
+        raise DatasetError("val_fraction={!r}: must be a float in (0, 1) or an int "
+                           "count".format(val_fraction))
+    order = np.random.RandomState(seed).permutation(n)
+    val_set = set(order[:n_val].tolist())
+    train = [it for i, it in enumerate(items) if i not in val_set]
+    val = [it for i, it in enumerate(items) if i in val_set]
+    return train, val
+
+
+class _SkipBadMixin(object):
+    """Shared raise-or-skip handling of bad entries (see module docstring)."""
+
+    def _init_skipped(self):
+        if not hasattr(self, "skipped"):
+            self.skipped = []
+
+    def _bad(self, skip_bad, file, entry, reason):
+        """Raise DatasetError for a bad entry, or record it when skip_bad."""
+        self._init_skipped()
+        if not skip_bad:
+            raise DatasetError("{}: {}: {} (pass skip_bad=True to skip bad entries)".format(
+                file, entry, reason))
+        self.skipped.append((file, entry, reason))
+
+    def _drop(self, file, entry, reason):
+        """Record an entry dropped whatever skip_bad says (e.g. a VIA point region)."""
+        self._init_skipped()
+        self.skipped.append((file, entry, reason))
+
+    def _warn_skipped(self, file, start):
+        new = self.skipped[start:]
+        if not new:
+            return
+        first = "; ".join("{}: {}".format(e, r) for _, e, r in new[:3])
+        warnings.warn("{}: skipped {} bad entr{} ({}{}); see dataset.skipped".format(
+            file, len(new), "y" if len(new) == 1 else "ies", first,
+            "; ..." if len(new) > 3 else ""), DatasetWarning, stacklevel=3)
+
+
+def _empty_mask(height, width):
+    return np.zeros((height, width, 0), dtype=bool), np.zeros((0,), dtype=np.int32)
+
+
+# ---------------------------------------------------------------------------- COCO JSON
+
+class CocoJsonDataset(_SkipBadMixin, Dataset):
+    """Instance masks from a COCO-format JSON file and its image folder.
+
+    Categories are registered under their own ids with ``add_class(source, category_id,
+    name)``; ``prepare()`` then maps them to contiguous internal ids 1..K in ascending
+    category-id order (e.g. categories 3 and 7 -> 1 and 2). Several files may be loaded
+    into one dataset (e.g. COCO train2014 + valminusminival2014).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skipped = []
+
+    def load_coco_json(self, annotation_path, image_dir, class_ids=None, source="coco",
+                       skip_bad=False, include_empty=False, return_coco=False):
+        """Register the images and annotations of one COCO JSON file.
+
+        annotation_path: COCO "instances" JSON (keys images, annotations, categories).
+        image_dir: folder holding the images named by ``images[*].file_name``.
+        class_ids: category ids to load (default: all). Only their annotations are kept.
+        source: source name of the classes and images (Matterport's "coco").
+        skip_bad: False -> raise DatasetError at the first bad entry; True -> warn, skip
+            that entry only and record it in ``self.skipped``.
+        include_empty: also register images without any (kept) annotation. False follows
+            Matterport, whose load_coco only keeps images with an annotation.
+        return_coco: return a pycocotools COCO object holding the loaded images, their
+            kept annotations and the categories (e.g. for COCOeval).
+
+        Each image is added with ``id`` = its COCO image id, ``path``, ``width``,
+        ``height``, ``annotations`` (its annotation dicts) and ``annotation_file``.
+        """
+        if not os.path.isfile(annotation_path):
+            raise MissingFileError("COCO annotation file not found: {}".format(annotation_path))
+        if not os.path.isdir(image_dir):
+            raise MissingFileError("image folder not found: {} (images of {})".format(
+                image_dir, annotation_path))
+        fname = annotation_path
+        try:
+            with open(annotation_path) as f:
+                data = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DatasetError("{}: not a valid JSON file: {}".format(fname, e))
+        if not isinstance(data, dict):
+            raise DatasetError("{}: not a COCO annotation file: top level is a {}, expected "
+                               "an object with images, annotations, categories".format(
+                                   fname, type(data).__name__))
+        missing = [k for k in ("images", "annotations", "categories") if k not in data]
+        if missing:
+            raise DatasetError("{}: not a COCO annotation file: missing key(s) {} (found {})"
+                               .format(fname, missing, sorted(data)[:10]))
+        for k in ("images", "annotations", "categories"):
+            if not isinstance(data[k], list):
+                raise DatasetError("{}: not a COCO annotation file: '{}' is a {}, expected "
+                                   "a list".format(fname, k, type(data[k]).__name__))
+        n_skipped_before = len(self.skipped)
+
+        # Categories: malformed ones are structural errors, always raised.
+        categories = {}
+        for i, cat in enumerate(data["categories"]):
+            if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+                raise DatasetError("{}: categories[{}]: needs 'id' and 'name', got {!r}".format(
+                    fname, i, cat))
+            if cat["id"] in categories:
+                raise DatasetError("{}: categories[{}]: duplicate category id {}".format(
+                    fname, i, cat["id"]))
+            categories[cat["id"]] = cat
+        if class_ids:
+            unknown = [c for c in class_ids if c not in categories]
+            if unknown:
+                raise DatasetError("{}: class_ids {} are not category ids of this file "
+                                   "(known: {})".format(fname, unknown, sorted(categories)))
+            wanted = set(class_ids)
+        else:
+            wanted = set(categories)
+
+        images = self._coco_images(data["images"], image_dir, fname, skip_bad)
+
+        # Annotations, grouped per image, validated.
+        anns_per_image = {}
+        for i, ann in enumerate(data["annotations"]):
+            entry = self._ann_entry(i, ann)
+            if not isinstance(ann, dict):
+                self._bad(skip_bad, fname, entry, "not an object")
+                continue
+            img_id = ann.get("image_id")
+            if img_id not in images:
+                if img_id in self._dropped_image_ids:
+                    continue  # its image was skipped and reported (with this annotation)
+                self._bad(skip_bad, fname, entry,
+                          "image_id {!r} is not an id in 'images'".format(img_id))
+                continue
+            cat_id = ann.get("category_id")
+            if cat_id not in categories:
+                self._bad(skip_bad, fname, entry,
+                          "category_id {!r} is not an id in 'categories' (known: {})".format(
+                              cat_id, sorted(categories)))
+                continue
+            img = images[img_id]
+            reason = self._segmentation_problem(ann, img["height"], img["width"])
+            if reason:
+                self._bad(skip_bad, fname, entry, reason)
+                continue
+            if cat_id in wanted:
+                anns_per_image.setdefault(img_id, []).append(ann)
+
+        for cid in sorted(wanted):
+            self.add_class(source, cid, str(categories[cid]["name"]))
+        kept_ids = sorted(images) if include_empty else sorted(anns_per_image)
+        for img_id in kept_ids:
+            img = images[img_id]
+            self.add_image(source, image_id=img_id, path=img["path"], width=img["width"],
+                           height=img["height"], annotations=anns_per_image.get(img_id, []),
+                           annotation_file=annotation_path)
+        self._warn_skipped(fname, n_skipped_before)
+
+        if return_coco:
+            from pycocotools.coco import COCO
+            coco = COCO()
+            coco.dataset = {
+                "info": data.get("info", {}), "licenses": data.get("licenses", []),
+                "images": [images[i]["entry"] for i in kept_ids],
+                "annotations": [a for i in kept_ids for a in anns_per_image.get(i, [])],
+                "categories": [categories[c] for c in sorted(categories)],
+            }
+            with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints
+                coco.createIndex()
+            return coco
+        return None
+
+    # -- validation pieces
+
+    @staticmethod
+    def _ann_entry(i, ann):
+        if isinstance(ann, dict):
+            return "annotations[{}] (id {!r}, image_id {!r})".format(
+                i, ann.get("id"), ann.get("image_id"))
+        return "annotations[{}]".format(i)
+
+    def _coco_images(self, entries, image_dir, fname, skip_bad):
+        """Validate ``images``: dict id -> {path, height, width, entry}."""
+        try:  # one listing instead of a stat per image (COCO has 118k images)
+            present = set(os.listdir(image_dir))
+        except OSError:
+            present = set()
+        self._dropped_image_ids = set()
+        images = {}
+        for i, img in enumerate(entries):
+            if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
+                self._bad(skip_bad, fname, "images[{}]".format(i),
+                          "needs 'id' and 'file_name', got {!r}".format(img))
+                continue
+            entry = "images[{}] (id {!r}, file_name {!r})".format(i, img["id"], img["file_name"])
+            if img["id"] in images:
+                self._bad(skip_bad, fname, entry, "duplicate image id")
+                continue
+            path = os.path.join(image_dir, img["file_name"])
+            exists = (img["file_name"] in present if os.sep not in img["file_name"]
+                      and "/" not in img["file_name"] else os.path.isfile(path))
+            if not exists:
+                self._dropped_image_ids.add(img["id"])
+                self._bad(skip_bad, fname, entry, "image file not found: {} (its annotations "
+                          "are skipped too)".format(path))
+                continue
+            height, width = img.get("height"), img.get("width")
+            if not (isinstance(height, numbers.Integral) and isinstance(width, numbers.Integral)
+                    and height > 0 and width > 0):
+                height, width = image_size(path)  # header only
+            images[img["id"]] = dict(path=path, height=int(height), width=int(width),
+                                     entry=img)
+        return images
+
+    @staticmethod
+    def _segmentation_problem(ann, height, width):
+        """Why the annotation's segmentation is unusable, or None when it is fine."""
+        if "segmentation" not in ann:
+            return "no 'segmentation' (a mask is needed)"
+        seg = ann["segmentation"]
+        if isinstance(seg, list):
+            if not seg:
+                return "empty segmentation (no polygon)"
+            for j, poly in enumerate(seg):
+                if not isinstance(poly, (list, tuple)):
+                    return "polygon {} is a {}, expected a list of numbers".format(
+                        j, type(poly).__name__)
+                if len(poly) < 6:
+                    return ("polygon {} has {} point(s) ({} numbers); a polygon needs at least "
+                            "3 points (6 numbers)".format(j, len(poly) // 2, len(poly)))
+                if len(poly) % 2:
+                    return "polygon {} has an odd count of numbers ({})".format(j, len(poly))
+            return None
+        if isinstance(seg, dict):
+            if "counts" not in seg or "size" not in seg:
+                return "RLE segmentation needs 'counts' and 'size'"
+            size = list(seg["size"]) if isinstance(seg["size"], (list, tuple)) else None
+            if size is None or len(size) != 2:
+                return "RLE 'size' {!r} is not [height, width]".format(seg["size"])
+            if size != [height, width] and not ann.get("iscrowd", 0):
+                return "RLE size {} differs from the image size [{}, {}]".format(
+                    size, height, width)
+            counts = seg["counts"]
+            if isinstance(counts, list):
+                if any(not isinstance(c, numbers.Integral) or c < 0 for c in counts):
+                    return "uncompressed RLE counts must be integers >= 0"
+                if sum(counts) != size[0] * size[1]:
+                    return "uncompressed RLE counts sum to {}, not height*width = {}".format(
+                        sum(counts), size[0] * size[1])
+            elif not isinstance(counts, (str, bytes)):
+                return "RLE counts is a {}, expected a list or a string".format(
+                    type(counts).__name__)
+            return None
+        return "segmentation is a {}, expected polygons (list) or RLE (dict)".format(
+            type(seg).__name__)
+
+    # -- masks
+
+    def annToRLE(self, ann, height, width):
+        """Matterport/pycocotools name: annotation dict -> compressed RLE."""
+        return ann_to_rle(ann["segmentation"], height, width)
+
+    def annToMask(self, ann, height, width):
+        """Matterport/pycocotools name: annotation dict -> uint8 mask [H, W]."""
+        return ann_to_mask(ann["segmentation"], height, width)
+
+    def load_mask(self, image_id):
+        """Instance masks of image ``image_id`` (internal id; call prepare() first).
+
+        Returns masks bool [H, W, N] and class_ids int32 [N] (internal ids; crowd
+        annotations negative). Annotations whose mask has no pixel are dropped.
+        Images not loaded by load_coco_json go to the parent class.
+        """
+        info = self.image_info[image_id]
+        if "annotations" not in info or "annotation_file" not in info:
+            return super().load_mask(image_id)
+        height, width = info["height"], info["width"]
+        masks, class_ids = [], []
+        for ann in info["annotations"]:
+            class_id = self.map_source_class_id("{}.{}".format(info["source"],
+                                                               ann["category_id"]))
+            try:
+                m = self.annToMask(ann, height, width)
+            except Exception as e:  # e.g. non-numeric polygon coordinates
+                raise DatasetError("{}: annotation id {!r} of image id {!r}: cannot "
+                                   "rasterise its segmentation: {}".format(
+                                       info["annotation_file"], ann.get("id"), info["id"], e))
+            if m.max() < 1:  # rounded away (smaller than a pixel)
+                continue
+            if ann.get("iscrowd", 0):
+                class_id = -class_id
+                # A crowd RLE of another size: cover the image, as Matterport does.
+                if m.shape != (height, width):
+                    m = np.ones((height, width), dtype=bool)
+            masks.append(m.astype(bool))
+            class_ids.append(class_id)
+        if not masks:
+            return _empty_mask(height, width)
+        return np.stack(masks, axis=2), np.asarray(class_ids, dtype=np.int32)
+
+    def image_reference(self, image_id):
+        """'<annotation file>: image id <id>' for images of this loader."""
+        info = self.image_info[image_id]
+        if "annotation_file" in info:
+            return "{}: image id {} ({})".format(info["annotation_file"], info["id"],
+                                                 info["path"])
+        return super().image_reference(image_id)
+
+
+# ---------------------------------------------------------------------------- VIA
+
+def read_via_json(json_path):
+    """Entries of a VIA annotation file as a list of dicts {filename, regions (list)}.
+
+    Accepts VIA 1.x exports (regions as a dict keyed "0", "1", ...), VIA 2.x exports
+    (regions as a list) and VIA 2 project files (entries under "_via_img_metadata").
+    Malformed entries are returned with a "problem" key instead of regions.
+    """
+    if not os.path.isfile(json_path):
+        raise MissingFileError("VIA annotation file not found: {}".format(json_path))
+    try:
+        with open(json_path) as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DatasetError("{}: not a valid JSON file: {}".format(json_path, e))
+    if not isinstance(data, dict):
+        raise DatasetError("{}: not a VIA annotation file: top level is a {}, expected an "
+                           "object keyed by image".format(json_path, type(data).__name__))
+    if "_via_img_metadata" in data:
+        data = data["_via_img_metadata"]
+    elif "project" in data and "file" in data and "metadata" in data:
+        raise DatasetError("{}: VIA 3 project files are not supported; export the "
+                           "annotations in VIA 2 JSON format".format(json_path))
+    if not isinstance(data, dict):
+        raise DatasetError("{}: '_via_img_metadata' is not an object".format(json_path))
+    entries = []
+    for key, value in data.items():
+        if not isinstance(value, dict) or "filename" not in value:
+            entries.append(dict(key=key, filename=None,
+                                problem="not a VIA image entry (no 'filename')"))
+            continue
+        regions = value.get("regions")
+        if isinstance(regions, dict):  # VIA 1.x
+            regions = list(regions.values())
+        elif not isinstance(regions, list):
+            entries.append(dict(key=key, filename=value["filename"],
+                                problem="'regions' missing or not a list/dict"))
+            continue
+        entries.append(dict(key=key, filename=value["filename"], regions=regions))
+    return entries
+
+
+def _via_shape_to_polygon(shape):
+    """VIA shape_attributes -> (xs, ys, None) or (None, None, reason).
+
+    reason starts with "drop:" when the shape can never be a polygon (e.g. a point), which
+    is skipped with a warning whatever skip_bad says.
+    """
+    if not isinstance(shape, dict):
+        return None, None, "shape_attributes is not an object"
+    name = shape.get("name")
+    try:
+        if name in ("polygon", "polyline"):
+            xs = [float(v) for v in shape["all_points_x"]]
+            ys = [float(v) for v in shape["all_points_y"]]
+            if len(xs) != len(ys):
+                return None, None, "{} has {} x but {} y values".format(name, len(xs), len(ys))
+            # VIA may repeat the first vertex at the end: not a distinct point.
+            n = len(xs) - (1 if len(xs) > 1 and xs[0] == xs[-1] and ys[0] == ys[-1] else 0)
+            if n < 3:
+                return None, None, "{} with {} point(s); at least 3 are needed".format(name, n)
+            return xs, ys, None
+        if name == "rect":
+            x, y = float(shape["x"]), float(shape["y"])
+            w, h = float(shape["width"]), float(shape["height"])
+            if w <= 0 or h <= 0:
+                return None, None, "drop: rect with zero size ({} x {})".format(w, h)
+            return [x, x + w, x + w, x], [y, y, y + h, y + h], None
+        if name in ("circle", "ellipse"):
+            cx, cy = float(shape["cx"]), float(shape["cy"])
+            if name == "circle":
+                rx = ry = float(shape["r"])
+                theta = 0.0
+            else:
+                rx, ry = float(shape["rx"]), float(shape["ry"])
+                theta = float(shape.get("theta", 0.0))
+            if rx <= 0 or ry <= 0:
+                return None, None, "drop: {} with zero radius".format(name)
+            t = np.linspace(0, 2 * np.pi, _ELLIPSE_POINTS, endpoint=False)
+            ex, ey = rx * np.cos(t), ry * np.sin(t)
+            xs = cx + ex * math.cos(theta) - ey * math.sin(theta)
+            ys = cy + ex * math.sin(theta) + ey * math.cos(theta)
+            return xs.tolist(), ys.tolist(), None
+    except (KeyError, TypeError, ValueError) as e:
+        return None, None, "{} shape with missing/invalid attribute: {!r}".format(name, e)
+    return None, None, "drop: {!r} region cannot be converted to a polygon".format(name)
+
+
+class ViaDataset(_SkipBadMixin, Dataset):
+    """Polygon instance masks from a VGG Image Annotator (VIA) JSON file.
+
+    Polygons / polylines are used as drawn; rect, circle and ellipse regions are turned
+    into polygons; point regions (and unknown shapes) are dropped with a warning. Points
+    are clipped to the image. Coordinates are continuous, as in COCO (pixel j covers
+    [j, j + 1)): a pixel is in the mask when its centre is inside the polygon, so mask
+    areas match polygon areas. (Matterport's balloon sample drew vertices at pixel
+    centres, which adds about half the perimeter to each mask.) Images without any region
+    are not registered and are listed in ``self.unannotated`` (together with image files of
+    the folder that the JSON does not mention).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skipped = []
+        self.unannotated = []
+
+    def load_via(self, dataset_dir, annotation_file="via_region_data.json",
+                 class_name="balloon", class_attribute=None, skip_bad=False,
+                 class_names=None, source=None, filenames=None):
+        """Register the annotated images of ``dataset_dir``.
+
+        annotation_file: VIA JSON, relative to dataset_dir (or an absolute path).
+        class_name: the single class when ``class_attribute`` is None.
+        class_attribute: region attribute holding each region's class name (VIA 2
+            checkbox/radio dicts {name: true} work too). Class ids follow ``class_names``
+            when given (regions of other names are bad entries), else sorted names.
+        skip_bad: as CocoJsonDataset (bad regions skipped one by one).
+        source: source name; default ``class_name`` (Matterport's "balloon") for single
+            class files, "via" with ``class_attribute``.
+        filenames: only register these image file names (e.g. one side of a split).
+
+        Each image is added with ``id`` = file name, ``path``, ``width``, ``height`` (read
+        from the file header), ``polygons`` (dicts name/all_points_x/all_points_y, clipped)
+        and ``polygon_class_ids`` (source class ids).
+        """
+        if not os.path.isdir(dataset_dir):
+            raise MissingFileError("dataset folder not found: {}".format(dataset_dir))
+        json_path = annotation_file if os.path.isabs(annotation_file) else os.path.join(
+            dataset_dir, annotation_file)
+        entries = read_via_json(json_path)
+        if source is None:
+            source = class_name if class_attribute is None else "via"
+        n_skipped_before = len(self.skipped)
+        wanted = None if filenames is None else set(filenames)
+        fixed_names = list(class_names) if class_names is not None else (
+            [class_name] if class_attribute is None else None)
+
+        mentioned = set()
+        registered = set()
+        parsed = []  # (filename, path, height, width, [(xs, ys, name, entry)])
+        for entry_info in entries:
+            filename = entry_info["filename"]
+            mentioned.add(filename)
+            if wanted is not None and filename not in wanted:
+                continue
+            entry = "entry {!r}".format(entry_info["key"])
+            if "problem" in entry_info:
+                self._bad(skip_bad, json_path, entry, entry_info["problem"])
+                continue
+            if not entry_info["regions"]:
+                self.unannotated.append(filename)
+                continue
+            if filename in registered:
+                self._bad(skip_bad, json_path, entry,
+                          "second entry for image {!r}".format(filename))
+                continue
+            path = os.path.join(dataset_dir, filename)
+            if not os.path.isfile(path):
+                self._bad(skip_bad, json_path, entry, "image file not found: {}".format(path))
+                continue
+            try:
+                height, width = image_size(path)
+            except DatasetError as e:
+                self._bad(skip_bad, json_path, entry, str(e))
+                continue
+            regions = []
+            for r, region in enumerate(entry_info["regions"]):
+                rentry = "{} ({}) region {}".format(entry, filename, r)
+                if not isinstance(region, dict):
+                    self._bad(skip_bad, json_path, rentry, "region is not an object")
+                    continue
+                xs, ys, reason = _via_shape_to_polygon(region.get("shape_attributes"))
+                if reason and reason.startswith("drop:"):
+                    self._drop(json_path, rentry, reason[6:])
+                    continue
+                if reason:
+                    self._bad(skip_bad, json_path, rentry, reason)
+                    continue
+                name, reason = self._region_class(region, class_name, class_attribute,
+                                                  class_names)
+                if reason:
+                    self._bad(skip_bad, json_path, rentry, reason)
+                    continue
+                # Clip to the image (continuous coordinates: it spans [0, W] x [0, H]).
+                xs = np.clip(np.asarray(xs, dtype=np.float64), 0, width).tolist()
+                ys = np.clip(np.asarray(ys, dtype=np.float64), 0, height).tolist()
+                regions.append((xs, ys, name))
+            if not regions:
+                self.unannotated.append(filename)
+                continue
+            registered.add(filename)
+            parsed.append((filename, path, height, width, regions))
+
+        if wanted is None:  # images of the folder the JSON never mentions
+            for f in sorted(os.listdir(dataset_dir)):
+                if f.lower().endswith(IMAGE_EXTENSIONS) and f not in mentioned:
+                    self.unannotated.append(f)
+
+        names = fixed_names if fixed_names is not None else sorted(
+            {n for p in parsed for _, _, n in p[4]})
+        name_to_id = {n: i + 1 for i, n in enumerate(names)}
+        for n, cid in name_to_id.items():
+            self.add_class(source, cid, n)
+        for filename, path, height, width, regions in parsed:
+            self.add_image(
+                source, image_id=filename, path=path, width=width, height=height,
+                polygons=[dict(name="polygon", all_points_x=xs, all_points_y=ys)
+                          for xs, ys, _ in regions],
+                polygon_class_ids=[name_to_id[n] for _, _, n in regions],
+                annotation_file=json_path)
+        self._warn_skipped(json_path, n_skipped_before)
+
+    @staticmethod
+    def _region_class(region, class_name, class_attribute, class_names):
+        """Class name of a region -> (name, None) or (None, reason)."""
+        if class_attribute is None:
+            return class_name, None
+        attrs = region.get("region_attributes") or {}
+        value = attrs.get(class_attribute) if isinstance(attrs, dict) else None
+        if isinstance(value, dict):  # VIA 2 checkbox: {"name": true, ...}
+            chosen = [k for k, v in value.items() if v]
+            value = chosen[0] if len(chosen) == 1 else None
+            if value is None:
+                return None, "region attribute {!r} must select exactly one class, got {!r}" \
+                    .format(class_attribute, attrs.get(class_attribute))
+        if not isinstance(value, str) or not value:
+            return None, "region attribute {!r} missing or empty (attributes: {!r})".format(
+                class_attribute, attrs)
+        if class_names is not None and value not in class_names:
+            return None, "class {!r} not in class_names {}".format(value, list(class_names))
+        return value, None
+
+    def load_mask(self, image_id):
+        """Rasterise the polygons of image ``image_id``: masks bool [H, W, N], class_ids
+        int32 [N] (internal ids; call prepare() first). Polygons that cover no pixel centre
+        are dropped."""
+        info = self.image_info[image_id]
+        if "polygons" not in info:
+            return super().load_mask(image_id)
+        height, width = info["height"], info["width"]
+        masks, class_ids = [], []
+        for poly, src_id in zip(info["polygons"], info["polygon_class_ids"]):
+            m = np.zeros((height, width), dtype=bool)
+            # VIA coordinates are continuous (pixel j spans [j, j + 1), centre j + 0.5), as
+            # COCO's: set the pixels whose centre is inside, so the mask area matches the
+            # polygon area and pycocotools' rasterisation of the same polygon.
+            rr, cc = skimage.draw.polygon(np.asarray(poly["all_points_y"]) - 0.5,
+                                          np.asarray(poly["all_points_x"]) - 0.5,
+                                          shape=(height, width))
+            m[rr, cc] = True
+            if not m.any():
+                continue
+            masks.append(m)
+            class_ids.append(self.map_source_class_id("{}.{}".format(info["source"], src_id)))
+        if not masks:
+            return _empty_mask(height, width)
+        return np.stack(masks, axis=2), np.asarray(class_ids, dtype=np.int32)
+
+    def image_reference(self, image_id):
+        """Path of the image file."""
+        info = self.image_info[image_id]
+        if "polygons" in info:
+            return info["path"]
+        return super().image_reference(image_id)
+
+
+# ---------------------------------------------------------------------------- DSB2018
+
+def list_nucleus_ids(dataset_dir):
+    """Sorted image ids of a DSB2018-style folder: subfolders holding images/<id>.png."""
+    if not os.path.isdir(dataset_dir):
+        raise MissingFileError("nucleus dataset folder not found: {}".format(dataset_dir))
+    return sorted(d for d in os.listdir(dataset_dir)
+                  if not d.startswith(".")
+                  and os.path.isfile(os.path.join(dataset_dir, d, "images", d + ".png")))
+
+
+def split_ids(dataset_dir, val_fraction=0.1, seed=42):
+    """Deterministic train/val split of the image ids of a DSB2018 folder.
+
+    The ids (folder names, sorted) are split by ``split_items(ids, val_fraction, seed)``:
+    a permutation from ``np.random.RandomState(seed)``, the first round(n * val_fraction)
+    ids (or exactly ``val_fraction`` if it is an int) for validation. With the defaults
+    the 600 images of stage1_train give 540 train / 60 val ids.
+    Returns ``(train_ids, val_ids)``, both sorted.
+    """
+    return split_items(list_nucleus_ids(dataset_dir), val_fraction=val_fraction, seed=seed)
+
+
+class NucleusDataset(_SkipBadMixin, Dataset):
+    """DSB2018 nuclei: ``<dataset_dir>/<id>/images/<id>.png`` and ``<id>/masks/*.png``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skipped = []
+
+    def load_nucleus(self, dataset_dir, subset_ids=None, skip_bad=False, source="nucleus"):
+        """Register the images of ``dataset_dir`` (all, or only ``subset_ids``).
+
+        Each image is added with ``id`` = the folder name, ``path`` = images/<id>.png,
+        ``mask_dir`` = <id>/masks (may be absent for test images), ``height``, ``width``.
+        A requested id without its image file is a bad entry.
+        """
+        if not os.path.isdir(dataset_dir):
+            raise MissingFileError("nucleus dataset folder not found: {}".format(dataset_dir))
+        n_skipped_before = len(self.skipped)
+        if subset_ids is None:
+            ids = sorted(d for d in os.listdir(dataset_dir) if not d.startswith(".")
+                         and os.path.isdir(os.path.join(dataset_dir, d)))
+        else:
+            ids = list(subset_ids)
+        self.add_class(source, 1, "nucleus")
+        for image_id in ids:
+            path = os.path.join(dataset_dir, image_id, "images", image_id + ".png")
+            if not os.path.isfile(path):
+                self._bad(skip_bad, dataset_dir, "image id {!r}".format(image_id),
+                          "image file not found: {}".format(path))
+                continue
+            height, width = image_size(path)
+            self.add_image(source, image_id=image_id, path=path, height=height, width=width,
+                           mask_dir=os.path.join(dataset_dir, image_id, "masks"))
+        self._warn_skipped(dataset_dir, n_skipped_before)
+
+    def load_mask(self, image_id):
+        """Stack the mask PNGs (sorted by file name) of image ``image_id``.
+
+        Returns masks bool [H, W, N] (pixel > 0) and class_ids int32 [N] (all nucleus).
+        Empty mask files are dropped with a warning; a mask whose size differs from the
+        image raises DatasetError naming the file.
+        """
+        info = self.image_info[image_id]
+        if "mask_dir" not in info:
+            return super().load_mask(image_id)
+        height, width = info["height"], info["width"]
+        mask_dir = info["mask_dir"]
+        if not os.path.isdir(mask_dir):
+            return _empty_mask(height, width)
+        files = sorted(f for f in os.listdir(mask_dir) if f.lower().endswith(".png"))
+        masks = np.zeros((height, width, len(files)), dtype=bool)
+        keep = np.ones(len(files), dtype=bool)
+        for i, f in enumerate(files):
+            with Image.open(os.path.join(mask_dir, f)) as im:
+                m = np.asarray(im)
+            if m.ndim == 3:  # RGB(A) mask file: any non-zero colour channel
+                m = m[..., :3].any(axis=-1)
+            if m.shape != (height, width):
+                raise DatasetError("{}: mask of image id {!r} is {}x{}, the image is {}x{}"
+                                   .format(os.path.join(mask_dir, f), info["id"], m.shape[0],
+                                           m.shape[1], height, width))
+            masks[:, :, i] = m > 0
+            keep[i] = masks[:, :, i].any()
+        if not keep.all():
+            warnings.warn("{}: dropped {} empty mask file(s) of image id {!r}".format(
+                mask_dir, int((~keep).sum()), info["id"]), DatasetWarning, stacklevel=2)
+            masks = masks[:, :, keep]
+        return masks, np.ones((masks.shape[-1],), dtype=np.int32)
+
+    def image_reference(self, image_id):
+        """The image id (folder name), as Matterport's nucleus sample."""
+        info = self.image_info[image_id]
+        if "mask_dir" in info:
+            return info["id"]
+        return super().image_reference(image_id)

@@ -1,0 +1,354 @@
+"""Mask R-CNN on the DSB2018 nuclei: train, evaluate and detect (Kaggle submission).
+
+Same names and command line as Matterport's samples/nucleus/nucleus.py, sized for a small
+CPU machine (see NucleusConfig). The dataset folder holds ``stage1_train/`` (and optionally
+``stage1_test/`` ...), one folder per image id with ``images/<id>.png`` and ``masks/*.png``.
+
+Train / val split: ``stage1_train`` has no official split, so "train" and "val" come from
+``mrcnn.datasets.split_ids(stage1_train, VAL_FRACTION, SPLIT_SEED)``: the image ids,
+sorted, permuted by ``np.random.RandomState(42)``; the first 10% (60 of the 600 shared
+images) are "val", the other 540 "train". The split is fixed for a given set of ids.
+
+Usage::
+
+    python samples/nucleus.py train --weights=imagenet            # or coco / last / .h5
+    python samples/nucleus.py evaluate --weights=last             # COCO AP on "val"
+    python samples/nucleus.py detect --weights=last --subset=val  # RLE submission + PNGs
+
+``--dataset`` defaults to ``$MRCNN_SHARED_DATA/dsb2018`` (``../shared/data/dsb2018``).
+Importing this module runs nothing; the model code is imported only by the commands.
+"""
+
+import argparse
+import datetime
+import os
+import sys
+
+import numpy as np
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT_DIR not in sys.path:
+    sys.path.insert(0, ROOT_DIR)
+
+from mrcnn import datasets, utils  # noqa: E402
+from mrcnn.config import Config  # noqa: E402
+
+COCO_WEIGHTS_PATH = os.path.join(ROOT_DIR, "mask_rcnn_coco.h5")
+DEFAULT_LOGS_DIR = os.path.join(ROOT_DIR, "logs")
+RESULTS_DIR = os.path.join(ROOT_DIR, "results", "nucleus")
+SHARED_DATA = os.environ.get("MRCNN_SHARED_DATA",
+                             os.path.join(ROOT_DIR, "..", "shared", "data"))
+DEFAULT_DATASET = os.path.join(SHARED_DATA, "dsb2018")
+
+VAL_FRACTION = 0.1
+SPLIT_SEED = 42
+
+COCO_HEAD_LAYERS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
+
+
+############################################################
+#  Configurations
+############################################################
+
+class NucleusConfig(Config):
+    """Training on DSB2018 nuclei, sized for a 2-core CPU.
+
+    Differences from Matterport's GPU settings, and why:
+    * random 256x256 crops (Matterport: 512, after a 2x upscale). IMAGE_MIN_SCALE = 0:
+      images keep their native scale, so inference needs no 2x upscale of 1388x1040
+      images either; the small anchors below cover nuclei of 8-40 px at native scale.
+    * 2 images per batch, 100 steps per epoch (about a third of the 540 training images
+      per epoch; more frequent checkpoints on a slow machine), 10 validation steps.
+    * PRE_NMS_LIMIT 3000 instead of 6000 (a 256x256 crop has 16,368 anchors).
+    Kept from Matterport: ResNet-50, anchors 8..128, RPN NMS 0.9 in training, 64 RPN
+    anchors and 128 ROIs per image, 200 GT / 400 detections, the dataset's mean pixel.
+    """
+    NAME = "nucleus"
+    IMAGES_PER_GPU = 2
+    NUM_CLASSES = 1 + 1  # background + nucleus
+    STEPS_PER_EPOCH = 100
+    VALIDATION_STEPS = 10
+    # Two classes: the box head's softmax already picks nucleus vs BG, keep everything.
+    DETECTION_MIN_CONFIDENCE = 0
+    BACKBONE = "resnet50"
+    IMAGE_RESIZE_MODE = "crop"
+    IMAGE_MIN_DIM = 256
+    IMAGE_MAX_DIM = 256
+    IMAGE_MIN_SCALE = 0
+    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+    PRE_NMS_LIMIT = 3000
+    POST_NMS_ROIS_TRAINING = 1000
+    POST_NMS_ROIS_INFERENCE = 2000
+    RPN_NMS_THRESHOLD = 0.9
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 64
+    MEAN_PIXEL = np.array([43.53, 39.56, 48.22])
+    USE_MINI_MASK = True
+    MINI_MASK_SHAPE = (56, 56)
+    TRAIN_ROIS_PER_IMAGE = 128
+    MAX_GT_INSTANCES = 200
+    DETECTION_MAX_INSTANCES = 400
+
+
+class NucleusInferenceConfig(NucleusConfig):
+    """Whole images, one at a time, padded to multiples of 64 (no resizing).
+
+    IMAGE_MIN_DIM 256 only upscales images smaller than 256 px; IMAGE_MAX_DIM is not used
+    by "pad64" (1408 = the largest DSB side, 1388, rounded up to 64).
+    """
+    GPU_COUNT = 1
+    IMAGES_PER_GPU = 1
+    IMAGE_RESIZE_MODE = "pad64"
+    IMAGE_MIN_DIM = 256
+    IMAGE_MAX_DIM = 1408
+    RPN_NMS_THRESHOLD = 0.7
+
+
+def make_config(config_class, cascade=False):
+    """Instantiate ``config_class`` or its Cascade Mask R-CNN variant ("cascade_<NAME>")."""
+    if cascade:
+        config_class = type("Cascade" + config_class.__name__, (config_class,),
+                            {"CASCADE": True, "NAME": "cascade_" + config_class.NAME})
+    return config_class()
+
+
+############################################################
+#  Dataset
+############################################################
+
+class NucleusDataset(datasets.NucleusDataset):
+    """DSB2018 nuclei with Matterport's subsets."""
+
+    def load_nucleus(self, dataset_dir, subset, skip_bad=False):
+        """Load a subset of the nuclei dataset.
+
+        dataset_dir: root of the dataset (holding stage1_train/, ...).
+        subset: "train" or "val" (the split of stage1_train described in the module
+            docstring), or the name of a sub-folder such as "stage1_train" (all of it) or
+            "stage1_test" (images without masks: load_mask returns no instances).
+        """
+        if subset in ("train", "val"):
+            subset_dir = os.path.join(dataset_dir, "stage1_train")
+            train_ids, val_ids = datasets.split_ids(subset_dir, val_fraction=VAL_FRACTION,
+                                                    seed=SPLIT_SEED)
+            ids = train_ids if subset == "train" else val_ids
+        else:
+            subset_dir = os.path.join(dataset_dir, subset)
+            ids = datasets.list_nucleus_ids(subset_dir)
+        super().load_nucleus(subset_dir, subset_ids=ids, skip_bad=skip_bad)
+
+
+############################################################
+#  RLE (Kaggle submission format)
+############################################################
+
+def rle_encode(mask):
+    """Kaggle DSB run-length encoding of a 2-D mask: "start length ..." with 1-based
+    starts over the pixels in column-major (top-to-bottom, then left-to-right) order."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError("mask must be [H, W], got shape {}".format(mask.shape))
+    flat = np.concatenate([[False], mask.T.reshape(-1) > 0, [False]])
+    edges = np.flatnonzero(flat[1:] != flat[:-1])  # run starts and (exclusive) ends
+    starts, ends = edges[0::2], edges[1::2]
+    return " ".join("{} {}".format(s + 1, e - s) for s, e in zip(starts, ends))
+
+
+def rle_decode(rle, shape):
+    """Inverse of rle_encode: "start length ..." -> bool mask of ``shape`` (H, W)."""
+    height, width = shape
+    values = np.asarray([int(v) for v in rle.split()], dtype=np.int64).reshape(-1, 2)
+    flat = np.zeros(height * width, dtype=bool)
+    for start, length in values:
+        if start < 1 or start - 1 + length > flat.size:
+            raise ValueError("run {} {} is outside a {}x{} mask".format(start, length,
+                                                                       height, width))
+        flat[start - 1:start - 1 + length] = True
+    return flat.reshape(width, height).T
+
+
+def mask_to_rle(image_id, mask, scores):
+    """Submission lines "image_id, rle" of an image's instances, overlaps removed.
+
+    Each pixel goes to the highest-scoring instance covering it (the format forbids
+    overlaps). An image with no instance gives "image_id," alone.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise ValueError("mask must be [H, W, N], got shape {}".format(mask.shape))
+    if mask.shape[-1] == 0:
+        return "{},".format(image_id)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    # Best instance first: a pixel belongs to the first instance that claims it.
+    taken = np.zeros(mask.shape[:2], dtype=bool)
+    lines = []
+    for i in order:
+        m = (mask[:, :, i] > 0) & ~taken
+        taken |= m
+        if m.any():
+            lines.append("{}, {}".format(image_id, rle_encode(m)))
+    return "\n".join(lines) if lines else "{},".format(image_id)
+
+
+############################################################
+#  Commands
+############################################################
+
+def resolve_weights(model, weights):
+    """Weights path for "coco" (downloaded if absent), "last", "imagenet" or a path."""
+    key = weights.lower()
+    if key == "coco":
+        if not os.path.exists(COCO_WEIGHTS_PATH):
+            utils.download_trained_weights(COCO_WEIGHTS_PATH)
+        return COCO_WEIGHTS_PATH
+    if key == "last":
+        return model.find_last()
+    if key == "imagenet":
+        return model.get_imagenet_weights()
+    if not os.path.isfile(weights):
+        raise FileNotFoundError("weights file not found: {}".format(weights))
+    return weights
+
+
+def train(model, config, dataset_dir=DEFAULT_DATASET, subset="train"):
+    """Heads to epoch 20, then all layers to epoch 40 (Matterport's schedule), with
+    flips, 90-degree rotations, brightness and blur augmentation."""
+    from mrcnn.augment import iaa
+
+    dataset_train = NucleusDataset()
+    dataset_train.load_nucleus(dataset_dir, subset)
+    dataset_train.prepare()
+    dataset_val = NucleusDataset()
+    dataset_val.load_nucleus(dataset_dir, "val")
+    dataset_val.prepare()
+
+    augmentation = iaa.SomeOf((0, 2), [
+        iaa.Fliplr(0.5),
+        iaa.Flipud(0.5),
+        iaa.OneOf([iaa.Affine(rotate=90), iaa.Affine(rotate=180), iaa.Affine(rotate=270)]),
+        iaa.Multiply((0.8, 1.5)),
+        iaa.GaussianBlur(sigma=(0.0, 5.0)),
+    ])
+
+    print("Train network heads")
+    model.train(dataset_train, dataset_val, learning_rate=config.LEARNING_RATE,
+                epochs=20, augmentation=augmentation, layers="heads")
+    print("Train all layers")
+    model.train(dataset_train, dataset_val, learning_rate=config.LEARNING_RATE,
+                epochs=40, augmentation=augmentation, layers="all")
+
+
+def evaluate(model, dataset_dir=DEFAULT_DATASET, subset="val", limit=None,
+             results_json=None):
+    """COCO bbox and segm metrics on ``subset``; segm AP@0.5 is the headline number."""
+    from mrcnn.evaluate import evaluate_coco, format_metrics
+    dataset = NucleusDataset()
+    dataset.load_nucleus(dataset_dir, subset)
+    dataset.prepare()
+    metrics = evaluate_coco(model, dataset, iou_types=("bbox", "segm"), limit=limit,
+                            results_json=results_json)
+    print(format_metrics(metrics))
+    print("segm AP@0.5 ({} images): {:.3f}".format(metrics.get("num_images", "?"),
+                                                   metrics["segm"]["AP50"]))
+    return metrics
+
+
+def detect(model, dataset_dir=DEFAULT_DATASET, subset="val", results_dir=RESULTS_DIR,
+           save_images=True):
+    """Detect nuclei on every image of ``subset``; write submit.csv (Kaggle RLE) and,
+    when mrcnn.visualize is available, one PNG per image into a new folder of
+    ``results_dir``. Returns that folder."""
+    submit_dir = os.path.join(results_dir, "submit_{:%Y%m%dT%H%M%S}".format(
+        datetime.datetime.now()))
+    os.makedirs(submit_dir)
+    dataset = NucleusDataset()
+    dataset.load_nucleus(dataset_dir, subset)
+    dataset.prepare()
+
+    plt = visualize = None
+    if save_images:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+            from mrcnn import visualize
+        except ImportError:
+            save_images = False
+
+    lines = []
+    for image_id in dataset.image_ids:
+        image = dataset.load_image(image_id)
+        r = model.detect([image], verbose=0)[0]
+        source_id = dataset.image_info[image_id]["id"]
+        lines.append(mask_to_rle(source_id, r["masks"], r["scores"]))
+        if save_images:
+            visualize.display_instances(image, r["rois"], r["masks"], r["class_ids"],
+                                        dataset.class_names, r["scores"], show_bbox=False,
+                                        show_mask=False, title="Predictions")
+            plt.savefig(os.path.join(submit_dir, "{}.png".format(source_id)))
+            plt.close("all")
+
+    path = os.path.join(submit_dir, "submit.csv")
+    with open(path, "w") as f:
+        f.write("ImageId,EncodedPixels\n" + "\n".join(lines) + "\n")
+    print("Saved to ", submit_dir)
+    return submit_dir
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Mask R-CNN for nuclei counting and segmentation")
+    parser.add_argument("command", metavar="<command>", choices=("train", "evaluate", "detect"),
+                        help="'train', 'evaluate' or 'detect'")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, metavar="/path/to/dataset/",
+                        help="Root directory of the dataset (default: {})".format(
+                            DEFAULT_DATASET))
+    parser.add_argument("--weights", required=True, metavar="/path/to/weights.h5",
+                        help="Path to weights .h5 file or 'coco', 'imagenet', 'last'")
+    parser.add_argument("--logs", default=DEFAULT_LOGS_DIR, metavar="/path/to/logs/",
+                        help="Logs and checkpoints directory (default=logs/)")
+    parser.add_argument("--subset", metavar="Dataset sub-directory", default=None,
+                        help="Subset: train, val, or a sub-folder such as stage1_test "
+                             "(default: train for train, val otherwise)")
+    parser.add_argument("--limit", type=int, default=None, metavar="<image count>",
+                        help="evaluate: only the first N images")
+    parser.add_argument("--results", default=None, metavar="/path/to/results.json",
+                        help="evaluate: write the detections to this COCO results JSON")
+    parser.add_argument("--cascade", action="store_true",
+                        help="Cascade Mask R-CNN (three box stages) instead of Mask R-CNN")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    subset = args.subset or ("train" if args.command == "train" else "val")
+    print("Weights: ", args.weights)
+    print("Dataset: ", args.dataset)
+    print("Subset: ", subset)
+    print("Logs: ", args.logs)
+
+    from mrcnn import model as modellib
+
+    config_class = NucleusConfig if args.command == "train" else NucleusInferenceConfig
+    config = make_config(config_class, args.cascade)
+    config.display()
+    mode = "training" if args.command == "train" else "inference"
+    model = modellib.MaskRCNN(mode=mode, config=config, model_dir=args.logs)
+
+    weights_path = resolve_weights(model, args.weights)
+    print("Loading weights ", weights_path)
+    if args.weights.lower() == "coco":
+        model.load_weights(weights_path, by_name=True, exclude=COCO_HEAD_LAYERS)
+    else:
+        model.load_weights(weights_path, by_name=True)
+
+    if args.command == "train":
+        train(model, config, args.dataset, subset)
+    elif args.command == "evaluate":
+        evaluate(model, args.dataset, subset, limit=args.limit, results_json=args.results)
+    else:
+        detect(model, args.dataset, subset)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
