@@ -97,6 +97,9 @@ class Config(object):
     POOL_SIZE = 7
     MASK_POOL_SIZE = 14
     ROI_SAMPLING_RATIO = 1
+    # Channels of the mask head's four 3x3 convolutions and its deconvolution (Matterport:
+    # 256). Smaller is much faster: this head runs on every positive ROI.
+    MASK_HEAD_CONV_DIM = 256
     # Output mask size (28 = MASK_POOL_SIZE * 2; 56 adds a second upsampling).
     MASK_SHAPE = [28, 28]
 
@@ -234,7 +237,7 @@ class Config(object):
             self._fail("GRADIENT_CLIP_NORM", "must be a number > 0 or None")
         for attr in ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "NUM_CLASSES",
                      "TOP_DOWN_PYRAMID_SIZE", "FPN_CLASSIF_FC_LAYERS_SIZE",
-                     "BOX_HEAD_CONV_DIM", "BOX_HEAD_NUM_FCS", "RPN_ANCHOR_STRIDE",
+                     "BOX_HEAD_CONV_DIM", "BOX_HEAD_NUM_FCS", "MASK_HEAD_CONV_DIM", "RPN_ANCHOR_STRIDE",
                      "RPN_TRAIN_ANCHORS_PER_IMAGE", "PRE_NMS_LIMIT_TRAINING",
                      "PRE_NMS_LIMIT_INFERENCE", "POST_NMS_ROIS_TRAINING",
                      "POST_NMS_ROIS_INFERENCE", "IMAGE_CHANNEL_COUNT",

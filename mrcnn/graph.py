@@ -39,9 +39,22 @@ class AnchorsLayer(keras.layers.Layer):
 
     def call(self, images):
         shape = tf.shape(images)
-        anchors = box_ops.generate_pyramid_anchors_graph(shape[1:3], self.config)
-        anchors = tf.cast(anchors, tf.float32)
+        static_hw = tuple(images.shape[1:3])
+        if callable(self.config.BACKBONE) and None in static_hw:
+            # COMPUTE_BACKBONE_SHAPE is a Python function of the image shape, so with a
+            # callable backbone and a dynamic size (inference) it must run at run time.
+            anchors = tf.numpy_function(self._numpy_anchors, [shape[1:3]], tf.float32,
+                                        stateful=False)
+            anchors = tf.reshape(anchors, [-1, 4])
+        else:
+            hw = static_hw if None not in static_hw else shape[1:3]
+            anchors = box_ops.generate_pyramid_anchors_graph(hw, self.config)
+            anchors = tf.cast(anchors, tf.float32)
         return tf.broadcast_to(anchors[None], [shape[0], tf.shape(anchors)[0], 4])
+
+    def _numpy_anchors(self, hw):
+        h, w = int(hw[0]), int(hw[1])
+        return numpy_anchors(self.config, (h, w, self.config.IMAGE_CHANNEL_COUNT))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], None, 4)
@@ -78,6 +91,32 @@ class DetectionBoxes(keras.layers.Layer):
 
     def call(self, detections):
         return tf.stop_gradient(detections[..., :4])
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class PositiveSlots(keras.layers.Layer):
+    """Keep the first ``count`` ROI slots of each target tensor.
+
+    DetectionTargetLayer puts positives first and never more than
+    int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO) of them, so these slots hold every
+    positive ROI. The mask loss only uses positives: running the mask head on the other
+    slots would triple its cost for nothing.
+    """
+
+    def __init__(self, count, **kwargs):
+        super().__init__(**kwargs)
+        self.count = int(count)
+
+    def call(self, inputs):
+        return [t[:, :self.count] for t in inputs]
+
+    def compute_output_shape(self, input_shape):
+        return [(s[0], self.count) + tuple(s[2:]) for s in input_shape]
+
+    def get_config(self):
+        config = super().get_config()
+        config["count"] = self.count
+        return config
 
 
 def loss_output_names(config):
@@ -247,7 +286,10 @@ def _build_training(config, input_image, input_image_meta, rpn_class_logits, rpn
     # One mask head, trained on the first stage's samples (IoU >= first threshold): the
     # most positives per image and the same head Matterport's weights hold. At inference
     # it runs on the final (best localised) detections.
-    mask_rois, mask_class_ids, _, mask_targets = first_targets
+    positive_slots = max(1, int(config.TRAIN_ROIS_PER_IMAGE * config.ROI_POSITIVE_RATIO))
+    mask_rois, mask_class_ids, mask_targets = PositiveSlots(
+        positive_slots, name="positive_rois")(
+        [first_targets[0], first_targets[1], first_targets[3]])
     pooled = mask_pool([mask_rois, input_image_meta] + feature_maps)
     mrcnn_mask = mask_head_graph(pooled, config, train_bn=config.TRAIN_BN)
     losses.append(LossLayer("mrcnn_mask", name="mrcnn_mask_loss")(

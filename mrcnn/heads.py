@@ -20,10 +20,6 @@ from keras import layers as KL
 
 from mrcnn.backbone import BatchNorm
 
-# Channels of the mask head convolutions (Matterport: 256).
-MASK_HEAD_CONV_DIM = 256
-
-
 @keras.saving.register_keras_serializable(package="mrcnn")
 class FlattenRois(KL.Layer):
     """Fold the ROI axis into the batch: [B, N, *rest] -> [B*N, *rest].
@@ -192,7 +188,7 @@ def mask_head_graph(pooled, config, train_bn):
     config: uses MASK_POOL_SIZE, MASK_SHAPE (2x or 4x MASK_POOL_SIZE), NUM_CLASSES.
     train_bn: False keeps the batch-norm statistics fixed.
 
-    Layers: 4 x (3x3 conv mrcnn_mask_conv{i}, 256; mrcnn_mask_bn{i}; ReLU), then
+    Layers: 4 x (3x3 conv mrcnn_mask_conv{i}, MASK_HEAD_CONV_DIM; mrcnn_mask_bn{i}; ReLU), then
     mrcnn_mask_deconv (2x2/2 transposed conv, ReLU), mrcnn_mask_deconv2 when MASK_SHAPE is
     4x MASK_POOL_SIZE, then mrcnn_mask (1x1 conv, NUM_CLASSES, sigmoid).
 
@@ -210,14 +206,15 @@ def mask_head_graph(pooled, config, train_bn):
         raise ValueError("MASK_SHAPE = {}: must be MASK_POOL_SIZE ({}) times 2 or 4".format(
             list(config.MASK_SHAPE), pool))
 
+    dim = int(getattr(config, "MASK_HEAD_CONV_DIM", 256))
     x = FlattenRois(name="mrcnn_mask_flatten")(pooled)
     for i in range(1, 5):
-        x = KL.Conv2D(MASK_HEAD_CONV_DIM, 3, padding="same",
+        x = KL.Conv2D(dim, 3, padding="same",
                       name="mrcnn_mask_conv{}".format(i))(x)
         x = BatchNorm(train_bn=train_bn, name="mrcnn_mask_bn{}".format(i))(x)
         x = KL.Activation("relu", name="mrcnn_mask_relu{}".format(i))(x)
     for i in range(upsamplings):
-        x = KL.Conv2DTranspose(MASK_HEAD_CONV_DIM, 2, strides=2, activation="relu",
+        x = KL.Conv2DTranspose(dim, 2, strides=2, activation="relu",
                                name="mrcnn_mask_deconv" + ("" if i == 0 else str(i + 1)))(x)
     x = KL.Conv2D(config.NUM_CLASSES, 1, activation="sigmoid", dtype="float32",
                   name="mrcnn_mask")(x)
