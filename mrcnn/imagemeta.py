@@ -52,7 +52,7 @@ def parse_image_meta(meta):
         "original_image_shape": meta[:, _ORIGINAL_SHAPE].astype(np.int32),
         "image_shape": meta[:, _IMAGE_SHAPE].astype(np.int32),
         "window": meta[:, _WINDOW].astype(np.int32),
-        "scale": meta[:, _SCALE[0]].astype(np.float32),
+        "scale": meta[:, _SCALE.start].astype(np.float32),
         "active_class_ids": meta[:, _ACTIVE:].astype(np.int32),
     }
 

@@ -1,0 +1,754 @@
+"""Training input pipeline: ground truth per image, RPN targets, tf.data batches.
+
+Matterport semantics (``load_image_gt``, ``build_rpn_targets``, ``data_generator``) with
+numpy-vectorised RPN matching and a parallel ``tf.data`` pipeline (``build_dataset``)
+whose batches are dicts keyed by the training model's input names:
+
+    input_image         [B, H, W, C]           float32  molded (mean pixel subtracted)
+    input_image_meta    [B, IMAGE_META_SIZE]   float32  see mrcnn.imagemeta
+    input_rpn_match     [B, A, 1]              int32    1 positive, -1 negative, 0 neutral
+    input_rpn_bbox      [B, RPN_TRAIN_ANCHORS_PER_IMAGE, 4] float32 std-scaled deltas
+    input_gt_class_ids  [B, MAX_GT_INSTANCES]  int32    zero padded (crowds negative)
+    input_gt_boxes      [B, MAX_GT_INSTANCES, 4] float32 pixels (y1, x1, y2, x2), y2/x2
+                                                        exclusive, zero padded
+    input_gt_masks      [B, mh, mw, MAX_GT_INSTANCES] bool  MINI_MASK_SHAPE with
+                                                        USE_MINI_MASK, else H x W
+
+with H, W = config.IMAGE_SHAPE[:2] and A = len(utils.get_anchors(config, IMAGE_SHAPE)).
+"""
+
+import collections
+import logging
+import threading
+
+import numpy as np
+
+from mrcnn import utils
+from mrcnn.augment import AugmentationError, augment_image_and_masks
+from mrcnn.imagemeta import compose_image_meta, mold_image
+
+logger = logging.getLogger(__name__)
+
+DatasetError = utils.DatasetError
+
+# Order of the training model's inputs (Matterport's data_generator list order).
+INPUT_NAMES = ("input_image", "input_image_meta", "input_rpn_match", "input_rpn_bbox",
+               "input_gt_class_ids", "input_gt_boxes", "input_gt_masks")
+
+# Matterport: anchors whose IoU with any crowd box reaches this are never negatives.
+CROWD_IOU = 0.001
+
+# GT boxes per IoU block in build_rpn_targets: bounds the [anchors, block] float64
+# temporaries (~260k anchors at 1024 px -> about 33 MB per temporary).
+_GT_BLOCK = 16
+
+
+class ImageError(DatasetError):
+    """An image or its annotations cannot be used; the message names id and path."""
+
+
+############################################################
+#  Helpers
+############################################################
+
+def describe_image(dataset, image_id):
+    """'image <id> (path ..., reference ...)' for error messages; never raises."""
+    parts = []
+    try:
+        info = dataset.image_info[image_id]
+        parts.append("path {!r}".format(info.get("path")))
+        if info.get("source"):
+            parts.append("source {!r}".format(info["source"]))
+    except Exception:
+        pass
+    try:
+        ref = dataset.image_reference(image_id)
+        if ref:
+            parts.append("reference {!r}".format(ref))
+    except Exception:
+        pass
+    return "image {}{}".format(image_id, " ({})".format(", ".join(parts)) if parts else "")
+
+
+def _choice(rng, ids, count):
+    """``count`` distinct elements of ids, from ``rng`` (Generator) or numpy's global RNG."""
+    if rng is None:
+        return np.random.choice(ids, count, replace=False)
+    return rng.choice(ids, count, replace=False)
+
+
+def _active_class_ids(dataset, image_id):
+    active = np.zeros([dataset.num_classes], dtype=np.int32)
+    source = dataset.image_info[image_id]["source"]
+    try:
+        active[dataset.source_class_ids[source]] = 1
+    except KeyError:
+        raise ImageError("{}: source {!r} has no classes (call prepare() after "
+                         "add_class)".format(describe_image(dataset, image_id),
+                                             source)) from None
+    return active
+
+
+def _checked_image(image, config, what):
+    """Validate (and mildly convert) a loaded image to [H, W, C]."""
+    image = np.asarray(image)
+    channels = config.IMAGE_CHANNEL_COUNT
+    # Same conversions as Dataset.load_image, for subclasses that return raw arrays.
+    if image.ndim == 3 and image.shape[2] == 1 and channels != 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.stack([image] * channels, axis=-1)
+    elif image.ndim == 3 and image.shape[2] == 4 and channels == 3:
+        image = image[:, :, :3]  # drop alpha, as Matterport
+    if image.ndim != 3:
+        raise ImageError("{}: image must be [height, width, channels] after conversion, "
+                         "got shape {}".format(what, image.shape))
+    if image.shape[2] != channels:
+        raise ImageError("{}: image has {} channels, config.IMAGE_CHANNEL_COUNT is "
+                         "{}".format(what, image.shape[2], channels))
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageError("{}: image is empty (shape {})".format(what, image.shape))
+    if image.dtype.kind not in "uif":
+        raise ImageError("{}: image dtype {} is not numeric".format(what, image.dtype))
+    return image
+
+
+def _checked_annotations(mask, class_ids, image_shape, num_classes, what):
+    """Validate load_mask() output; returns (bool [H, W, N], int32 [N])."""
+    class_ids = np.asarray(class_ids)
+    if class_ids.ndim != 1:
+        raise ImageError("{}: class_ids must be 1-D, got shape {}".format(
+            what, class_ids.shape))
+    if class_ids.size and (class_ids.dtype.kind not in "iu" and not (
+            class_ids.dtype.kind == "f" and np.all(class_ids == np.round(class_ids)))):
+        raise ImageError("{}: class_ids must be integers, got {}".format(
+            what, class_ids.dtype))
+    class_ids = class_ids.astype(np.int32)
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 0:
+        # Matterport's default load_mask returns [0, 0, 0]: no instances, any size.
+        mask = np.zeros(tuple(image_shape[:2]) + (0,), dtype=bool)
+    if mask.ndim != 3:
+        raise ImageError("{}: mask must be [height, width, instances], got shape "
+                         "{}".format(what, mask.shape))
+    if mask.shape[:2] != tuple(image_shape[:2]):
+        raise ImageError("{}: mask height/width {} differ from the image's {}".format(
+            what, mask.shape[:2], tuple(image_shape[:2])))
+    if mask.shape[2] != class_ids.shape[0]:
+        raise ImageError("{}: {} masks but {} class ids".format(
+            what, mask.shape[2], class_ids.shape[0]))
+    # Negative ids are crowds (Matterport/COCO) and pass through; 0 (BG) is not a class.
+    bad = (class_ids == 0) | (np.abs(class_ids) >= num_classes)
+    if np.any(bad):
+        raise ImageError("{}: class ids {} outside [1, {}) (crowds may be negative)".format(
+            what, sorted(set(class_ids[bad].tolist())), num_classes))
+    if mask.dtype == np.bool_:
+        pass
+    elif mask.dtype.kind == "f":
+        mask = mask >= 0.5
+    else:
+        mask = mask != 0
+    return mask, class_ids
+
+
+############################################################
+#  Ground truth of one image
+############################################################
+
+def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=None,
+                  augment=False, rng=None):
+    """Load an image and its instances, resized per config, optionally augmented.
+
+    dataset: a prepared utils.Dataset. image_id: internal image id.
+    augmentation: imgaug augmenter (mrcnn.augment.iaa) or None. Images get every
+        augmenter, masks only the geometric ones (mrcnn.augment.MASK_AUGMENTERS). It must
+        not change the image size.
+    use_mini_mask: None -> config.USE_MINI_MASK.
+    augment: deprecated Matterport flag: random horizontal flip.
+    rng: np.random.Generator for the random choices here (flip, imgaug seed); None uses
+        the global RNGs.
+
+    Returns (image, image_meta, class_ids, bbox, mask):
+        image: [h, w, C] as loaded (uint8 from Dataset.load_image), resized per
+            IMAGE_RESIZE_MODE.
+        image_meta: float64 [12 + dataset.num_classes] (mrcnn.imagemeta layout).
+        class_ids: int32 [N] (negative = crowd).
+        bbox: int32 [N, (y1, x1, y2, x2)] pixels of the resized image, y2/x2 exclusive.
+        mask: bool [h, w, N], or [MINI_MASK_SHAPE..., N] mini masks (each cropped to its
+            box).
+    Instances whose mask is empty after resizing / cropping / augmentation are dropped;
+    N may be 0. Raises ImageError (a utils.DatasetError) naming the image id and path for
+    unreadable images and inconsistent annotations.
+    """
+    parts = _load_gt(dataset, config, image_id, augmentation, use_mini_mask, augment, rng)
+    image, class_ids, bbox, mask, original_shape, window, scale, active = parts
+    image_meta = compose_image_meta(image_id, original_shape, image.shape, window, scale,
+                                    active)
+    return image, image_meta, class_ids, bbox, mask
+
+
+def _load_gt(dataset, config, image_id, augmentation, use_mini_mask, augment, rng):
+    """load_image_gt without the meta: also returns (original_shape, window, scale,
+    active_class_ids) so callers that pad the image can compose their own meta."""
+    if use_mini_mask is None:
+        use_mini_mask = config.USE_MINI_MASK
+    if isinstance(augmentation, bool):
+        # Matterport's 4th positional argument was the boolean `augment` flag.
+        augment, augmentation = augment or augmentation, None
+    what = describe_image(dataset, image_id)
+
+    try:
+        image = dataset.load_image(image_id)
+    except DatasetError:
+        raise
+    except Exception as e:
+        raise ImageError("{}: load_image failed: {}: {}".format(
+            what, type(e).__name__, e)) from e
+    image = _checked_image(image, config, what)
+    try:
+        mask, class_ids = dataset.load_mask(image_id)
+    except DatasetError:
+        raise
+    except Exception as e:
+        raise ImageError("{}: load_mask failed: {}: {}".format(
+            what, type(e).__name__, e)) from e
+    num_classes = min(dataset.num_classes, config.NUM_CLASSES)
+    mask, class_ids = _checked_annotations(mask, class_ids, image.shape, num_classes, what)
+    original_shape = image.shape
+
+    image, window, scale, padding, crop = utils.resize_image(
+        image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
+        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
+    if mask.shape[2]:
+        mask = utils.resize_mask(mask, scale, padding, crop)
+    else:  # nothing to zoom; keep the stack in step with the image
+        mask = np.zeros(image.shape[:2] + (0,), dtype=bool)
+
+    if augment:
+        logger.warning("'augment' is deprecated; use 'augmentation' instead.")
+        flip = (rng.integers(2) if rng is not None else np.random.randint(2))
+        if flip:
+            image = np.fliplr(image)
+            mask = np.fliplr(mask)
+
+    if augmentation:
+        shape_before = image.shape
+        seed = None if rng is None else int(rng.integers(2 ** 31))
+        try:
+            image, mask = augment_image_and_masks(image, mask, augmentation, seed=seed)
+        except AugmentationError as e:
+            raise ImageError("{}: {}".format(what, e)) from e
+        if image.shape != shape_before:
+            raise ImageError("{}: augmentation changed the image shape from {} to {}; use "
+                             "size-preserving augmenters (e.g. keep_size=True)".format(
+                                 what, shape_before, image.shape))
+
+    # Instances cropped or augmented out of the image leave empty masks: drop them.
+    keep = np.any(mask, axis=(0, 1))
+    mask = mask[:, :, keep]
+    class_ids = class_ids[keep]
+    bbox = utils.extract_bboxes(mask)
+
+    active_class_ids = _active_class_ids(dataset, image_id)
+    if use_mini_mask:
+        mask = utils.minimize_mask(bbox, mask, config.MINI_MASK_SHAPE)
+
+    return (image, class_ids, bbox, mask.astype(bool, copy=False), original_shape, window,
+            scale, active_class_ids)
+
+
+############################################################
+#  RPN targets
+############################################################
+
+def _max_iou_blocks(anchors, boxes):
+    """IoU statistics of anchors [A, 4] against boxes [G, 4] without an [A, G] matrix.
+
+    Returns (best_iou [A] float64, best_box [A] int64 = first box reaching it (0 if none
+    overlaps),
+    is_box_best [A] bool = anchor attains some box's maximum IoU, when that is > 0).
+    IoU = inter / (area_anchor + area_box - inter), 0 where the union is 0. Works on
+    [block, A] slabs of contiguous anchor columns: several times faster than
+    utils.compute_overlaps on ~260k anchors, whose [A, G] float64 temporaries dominate.
+    """
+    num_anchors = anchors.shape[0]
+    ay1, ax1, ay2, ax2 = (np.ascontiguousarray(anchors[:, i]) for i in range(4))
+    anchor_area = (ay2 - ay1) * (ax2 - ax1)
+    # Starting from 0 with a strict ">" reproduces np.argmax over all boxes: the first
+    # box with the maximum wins, and anchors touching nothing get box 0.
+    best_iou = np.zeros([num_anchors])
+    best_box = np.zeros([num_anchors], dtype=np.int64)
+    is_box_best = np.zeros([num_anchors], dtype=bool)
+    # Reused buffers: fresh [block, A] allocations page-fault and cost more than the maths.
+    rows = min(_GT_BLOCK, boxes.shape[0])
+    buf_inter = np.empty([rows, num_anchors])
+    buf_tmp = np.empty([rows, num_anchors])
+    buf_union = np.empty([rows, num_anchors])
+    for start in range(0, boxes.shape[0], _GT_BLOCK):
+        g = boxes[start:start + _GT_BLOCK]
+        n = g.shape[0]
+        inter, tmp, union = buf_inter[:n], buf_tmp[:n], buf_union[:n]
+        np.minimum(ay2[None, :], g[:, 2:3], out=inter)
+        inter -= np.maximum(ay1[None, :], g[:, 0:1], out=tmp)
+        np.maximum(inter, 0, out=inter)
+        np.minimum(ax2[None, :], g[:, 3:4], out=union)  # union: scratch for the width
+        union -= np.maximum(ax1[None, :], g[:, 1:2], out=tmp)
+        np.maximum(union, 0, out=union)
+        inter *= union
+        np.add(anchor_area[None, :], ((g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]))[:, None],
+               out=union)
+        union -= inter
+        # In place: where union is 0 the intersection is 0 too, so IoU stays 0.
+        iou = np.divide(inter, union, out=inter, where=union > 0)
+        block_max = iou.max(axis=0)
+        better = np.flatnonzero(block_max > best_iou)
+        if better.size:
+            best_iou[better] = block_max[better]
+            best_box[better] = np.argmax(iou[:, better], axis=0) + start
+        box_max = iou.max(axis=1)
+        # Every anchor tying for a box's best IoU is matched to it (Matterport); a box
+        # that overlaps no anchor at all (max 0) matches none instead of all of them.
+        for j in np.flatnonzero(box_max > 0):
+            is_box_best |= iou[j] == box_max[j]
+    return best_iou, best_box, is_box_best
+
+
+def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=None):
+    """RPN training targets of one image (Matterport semantics, vectorised).
+
+    image_shape: [H, W, C] (unused; Matterport signature). anchors: [A, (y1, x1, y2, x2)]
+    pixels. gt_class_ids: [N] int (negative = crowd). gt_boxes: [N, 4] pixels.
+    rng: np.random.Generator for the subsampling, or None for numpy's global RNG.
+
+    Matching: an anchor is negative when its best IoU with a non-crowd GT is below
+    config.RPN_NEGATIVE_IOU and its IoU with every crowd box is below 0.001; positive
+    when its best IoU is >= config.RPN_POSITIVE_IOU, and each GT's best anchor(s) are
+    positive whatever their IoU (ties all count; a GT overlapping no anchor is skipped).
+    Then at most RPN_TRAIN_ANCHORS_PER_IMAGE // 2 positives are kept at random and
+    negatives are cut to fill RPN_TRAIN_ANCHORS_PER_IMAGE; the rest become neutral.
+
+    Returns:
+        rpn_match: int32 [A], 1 positive / -1 negative / 0 neutral.
+        rpn_bbox: float32 [RPN_TRAIN_ANCHORS_PER_IMAGE, (dy, dx, log(dh), log(dw))]:
+            row i holds the deltas (divided by RPN_BBOX_STD_DEV) from the i-th positive
+            anchor (in anchor order) to the GT it overlaps most; zero padded.
+    """
+    anchors = np.asarray(anchors, dtype=np.float64).reshape(-1, 4)
+    gt_class_ids = np.asarray(gt_class_ids).reshape(-1)
+    gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    total = int(config.RPN_TRAIN_ANCHORS_PER_IMAGE)
+    num_anchors = anchors.shape[0]
+    rpn_match = np.zeros([num_anchors], dtype=np.int32)
+    rpn_bbox = np.zeros([total, 4], dtype=np.float32)
+
+    crowd = gt_class_ids < 0
+    if np.any(crowd):
+        crowd_iou, _, _ = _max_iou_blocks(anchors, gt_boxes[crowd])
+        no_crowd = crowd_iou < CROWD_IOU
+    else:
+        no_crowd = np.ones([num_anchors], dtype=bool)
+    gt_boxes = gt_boxes[gt_class_ids > 0]
+
+    if gt_boxes.shape[0]:
+        best_iou, best_gt, is_gt_best = _max_iou_blocks(anchors, gt_boxes)
+        # Order matters (Matterport): negatives first, then positives overwrite them.
+        rpn_match[(best_iou < config.RPN_NEGATIVE_IOU) & no_crowd] = -1
+        rpn_match[is_gt_best] = 1
+        rpn_match[best_iou >= config.RPN_POSITIVE_IOU] = 1
+    else:
+        best_gt = np.zeros([num_anchors], dtype=np.int64)
+        rpn_match[no_crowd] = -1
+
+    # Balance: positives at most half, negatives fill up to `total`.
+    positive = np.flatnonzero(rpn_match == 1)
+    extra = positive.shape[0] - total // 2
+    if extra > 0:
+        rpn_match[_choice(rng, positive, extra)] = 0
+    negative = np.flatnonzero(rpn_match == -1)
+    extra = negative.shape[0] - (total - np.count_nonzero(rpn_match == 1))
+    if extra > 0:
+        rpn_match[_choice(rng, negative, extra)] = 0
+
+    positive = np.flatnonzero(rpn_match == 1)
+    if positive.shape[0]:
+        deltas = utils.box_refinement(anchors[positive], gt_boxes[best_gt[positive]])
+        rpn_bbox[:positive.shape[0]] = deltas / np.asarray(config.RPN_BBOX_STD_DEV)
+    return rpn_match, rpn_bbox
+
+
+############################################################
+#  One training example
+############################################################
+
+def _pad_to(image, mask, use_mini_mask, target_hw, what):
+    """Zero-pad image (and full masks) at the bottom/right to target_hw, so "none" and
+    "pad64" images smaller than IMAGE_SHAPE batch together. The window still marks the
+    real image; the caller puts the padded shape in the meta."""
+    h, w = image.shape[:2]
+    th, tw = int(target_hw[0]), int(target_hw[1])
+    if (h, w) == (th, tw):
+        return image, mask
+    if h > th or w > tw:
+        raise ImageError("{}: resized image is {}x{}, larger than config.IMAGE_SHAPE "
+                         "{}x{} that training batches need; use smaller images or a larger "
+                         "IMAGE_MAX_DIM".format(what, h, w, th, tw))
+    image = np.pad(image, [(0, th - h), (0, tw - w), (0, 0)])
+    if not use_mini_mask:
+        mask = np.pad(mask, [(0, th - h), (0, tw - w), (0, 0)])
+    return image, mask
+
+
+def load_training_example(dataset, config, image_id, anchors, augmentation=None, rng=None):
+    """Everything the training model needs for one image, as a dict of numpy arrays.
+
+    anchors: utils.get_anchors(config, config.IMAGE_SHAPE) (pixels).
+    rng: np.random.Generator (None: global RNGs) for subsampling and augmentation.
+
+    Keys and shapes: see the module docstring (without the batch axis);
+    input_rpn_match is [A, 1]. Images smaller than config.IMAGE_SHAPE ("none"/"pad64"
+    modes) are zero-padded at the bottom/right; larger ones raise ImageError.
+    With more than MAX_GT_INSTANCES instances, a random subset of MAX_GT_INSTANCES is
+    kept (Matterport) so the example still fits.
+    """
+    what = describe_image(dataset, image_id)
+    use_mini_mask = config.USE_MINI_MASK
+    parts = _load_gt(dataset, config, image_id, augmentation, use_mini_mask, False, rng)
+    image, class_ids, boxes, masks, original_shape, window, scale, active = parts
+    image, masks = _pad_to(image, masks, use_mini_mask, config.IMAGE_SHAPE[:2], what)
+    image_meta = compose_image_meta(image_id, original_shape, image.shape, window, scale,
+                                    active)
+    rpn_match, rpn_bbox = build_rpn_targets(image.shape, anchors, class_ids, boxes, config,
+                                            rng=rng)
+
+    max_gt = config.MAX_GT_INSTANCES
+    if class_ids.shape[0] > max_gt:
+        keep = np.sort(_choice(rng, np.arange(class_ids.shape[0]), max_gt))
+        class_ids, boxes, masks = class_ids[keep], boxes[keep], masks[:, :, keep]
+    n = class_ids.shape[0]
+    gt_class_ids = np.zeros([max_gt], dtype=np.int32)
+    gt_class_ids[:n] = class_ids
+    gt_boxes = np.zeros([max_gt, 4], dtype=np.float32)
+    gt_boxes[:n] = boxes
+    gt_masks = np.zeros(masks.shape[:2] + (max_gt,), dtype=bool)
+    gt_masks[:, :, :n] = masks
+
+    meta_size = config.IMAGE_META_SIZE
+    if image_meta.shape[0] != meta_size:
+        raise DatasetError("{}: image meta has {} values but config.IMAGE_META_SIZE is {}: "
+                           "dataset.num_classes ({}) != config.NUM_CLASSES ({})".format(
+                               what, image_meta.shape[0], meta_size, dataset.num_classes,
+                               config.NUM_CLASSES))
+    return {
+        "input_image": mold_image(image, config),
+        "input_image_meta": image_meta.astype(np.float32),
+        "input_rpn_match": rpn_match[:, np.newaxis],
+        "input_rpn_bbox": rpn_bbox,
+        "input_gt_class_ids": gt_class_ids,
+        "input_gt_boxes": gt_boxes,
+        "input_gt_masks": gt_masks,
+    }
+
+
+def example_spec(config, num_anchors=None):
+    """{input name: (shape without batch, numpy dtype)} of load_training_example."""
+    if num_anchors is None:
+        num_anchors = utils.get_anchors(config, config.IMAGE_SHAPE).shape[0]
+    h, w, c = (int(v) for v in config.IMAGE_SHAPE)
+    mask_hw = tuple(config.MINI_MASK_SHAPE) if config.USE_MINI_MASK else (h, w)
+    max_gt = config.MAX_GT_INSTANCES
+    return collections.OrderedDict([
+        ("input_image", ((h, w, c), np.float32)),
+        ("input_image_meta", ((config.IMAGE_META_SIZE,), np.float32)),
+        ("input_rpn_match", ((int(num_anchors), 1), np.int32)),
+        ("input_rpn_bbox", ((config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4), np.float32)),
+        ("input_gt_class_ids", ((max_gt,), np.int32)),
+        ("input_gt_boxes", ((max_gt, 4), np.float32)),
+        ("input_gt_masks", (tuple(int(s) for s in mask_hw) + (max_gt,), np.bool_)),
+    ])
+
+
+############################################################
+#  Checks and skip accounting
+############################################################
+
+def check_dataset(dataset, name="dataset", config=None):
+    """Raise DatasetError (naming ``name``) unless the dataset can be trained on:
+    prepared, with images, with classes besides BG, and (given a config) with
+    dataset.num_classes == config.NUM_CLASSES."""
+    if dataset is None:
+        raise DatasetError("{} is None".format(name))
+    check = getattr(dataset, "check_ready", None)
+    try:
+        if check is not None:
+            check()
+        else:
+            if len(dataset.image_ids) == 0:
+                raise DatasetError("no images")
+            if dataset.num_classes <= 1:
+                raise DatasetError("no classes besides BG")
+    except DatasetError as e:
+        raise DatasetError("{}: {}".format(name, e)) from None
+    except AttributeError as e:
+        raise DatasetError("{} ({}) is not a prepared Dataset: {}; call prepare() "
+                           "first".format(name, type(dataset).__name__, e)) from None
+    if config is not None and dataset.num_classes != config.NUM_CLASSES:
+        raise DatasetError("{} has {} classes (BG included) but config.NUM_CLASSES is "
+                           "{}".format(name, dataset.num_classes, config.NUM_CLASSES))
+
+
+class SkipCounter(object):
+    """Thread-safe tally of examples a pipeline skipped (read it at epoch end).
+
+    errors: broken images skipped with on_error="skip". empty: images skipped because no
+    (non-crowd) instance was left. messages: the last few error messages.
+    ``max_consecutive``: more skips than this in a row (no example succeeding in
+    between) raises, so a dataset that is entirely broken or empty cannot hang training.
+    """
+
+    def __init__(self, max_consecutive=None):
+        self._lock = threading.Lock()
+        self.max_consecutive = max_consecutive
+        self.errors = 0
+        self.empty = 0
+        self.loaded = 0
+        self.consecutive = 0
+        self.messages = collections.deque(maxlen=20)
+
+    @property
+    def skipped(self):
+        return self.errors + self.empty
+
+    def _skip(self):
+        self.consecutive += 1
+        if self.max_consecutive is not None and self.consecutive > self.max_consecutive:
+            raise DatasetError(
+                "{} consecutive images skipped ({} errors, {} without instances so far; "
+                "last errors: {}): no usable training example".format(
+                    self.consecutive, self.errors, self.empty, list(self.messages)[-3:]))
+
+    def record_error(self, message):
+        with self._lock:
+            self.errors += 1
+            self.messages.append(message)
+            self._skip()
+
+    def record_empty(self):
+        with self._lock:
+            self.empty += 1
+            self._skip()
+
+    def record_loaded(self):
+        with self._lock:
+            self.loaded += 1
+            self.consecutive = 0
+
+    def as_dict(self):
+        with self._lock:
+            return {"loaded": self.loaded, "errors": self.errors, "empty": self.empty}
+
+    def __repr__(self):
+        return "SkipCounter({})".format(self.as_dict())
+
+
+############################################################
+#  tf.data pipeline
+############################################################
+
+def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
+                  batch_size=None, no_augmentation_sources=None, on_error="raise",
+                  seed=None, skip_empty=True, skip_counter=None):
+    """A tf.data.Dataset of training batches (dicts keyed by INPUT_NAMES).
+
+    dataset: prepared utils.Dataset with dataset.num_classes == config.NUM_CLASSES.
+    shuffle: reshuffle the image order every pass. repeat: loop forever (Keras fit with
+        steps_per_epoch); with repeat=False one pass, the last partial batch dropped.
+    batch_size: default config.BATCH_SIZE; batches are always full (static shapes).
+    augmentation: imgaug augmenter, not applied to sources in no_augmentation_sources.
+    on_error: "raise" -> a broken image stops iteration with an error naming its id and
+        path (TensorFlow wraps it, the message is kept); "skip" -> it is logged, skipped
+        and counted in ``result.skip_counter.errors``.
+    skip_empty: skip images left without non-crowd instances (Matterport's generator does;
+        counted in ``skip_counter.empty``).
+    seed: makes shuffling, subsampling and augmentation reproducible; None -> fresh
+        randomness. Elements come in a fixed order when seed is set or shuffle=False.
+    skip_counter: a SkipCounter to tally into (default: a new one). It is also attached to
+        the returned dataset as ``.skip_counter``.
+
+    Image size: batches need one shape, config.IMAGE_SHAPE. "square" and "crop" modes
+    always give it; in "none"/"pad64" modes smaller images are zero-padded at the
+    bottom/right to IMAGE_SHAPE (IMAGE_MAX_DIM square) and larger ones are errors.
+    """
+    import tensorflow as tf
+
+    check_dataset(dataset, "dataset", config)
+    if on_error not in ("raise", "skip"):
+        raise ValueError("on_error must be 'raise' or 'skip', got {!r}".format(on_error))
+    batch_size = int(batch_size or config.BATCH_SIZE)
+    no_aug = set(no_augmentation_sources or [])
+    anchors = utils.get_anchors(config, config.IMAGE_SHAPE)
+    spec = example_spec(config, anchors.shape[0])
+    image_ids = np.asarray(dataset.image_ids, dtype=np.int64)
+    counter = skip_counter if skip_counter is not None else SkipCounter()
+    if counter.max_consecutive is None:
+        counter.max_consecutive = max(2 * len(image_ids), 20)
+    zeros = [np.zeros(shape, dtype) for shape, dtype in spec.values()]
+
+    def load(image_id, index):
+        image_id, index = int(image_id), int(index)
+        rng = (np.random.default_rng([seed, index]) if seed is not None
+               else np.random.default_rng())
+        source = dataset.image_info[image_id]["source"]
+        aug = None if source in no_aug else augmentation
+        try:
+            example = load_training_example(dataset, config, image_id, anchors,
+                                            augmentation=aug, rng=rng)
+        except Exception as e:
+            if on_error == "raise":
+                raise
+            message = "{}: {}".format(type(e).__name__, e)
+            if describe_image(dataset, image_id) not in message:
+                message = "{}: {}".format(describe_image(dataset, image_id), message)
+            logger.warning("Skipping broken image: %s", message)
+            counter.record_error(message)
+            return zeros + [False]
+        if skip_empty and not np.any(example["input_gt_class_ids"] > 0):
+            counter.record_empty()
+            return zeros + [False]
+        counter.record_loaded()
+        return [example[k] for k in spec] + [True]
+
+    tout = [tf.as_dtype(dtype) for _, dtype in spec.values()] + [tf.bool]
+
+    def tf_load(index, image_id):
+        out = tf.numpy_function(load, [image_id, index], tout, stateful=True)
+        for tensor, (shape, _) in zip(out, spec.values()):
+            tensor.set_shape(shape)
+        out[-1].set_shape([])
+        return dict(zip(spec.keys(), out[:-1])), out[-1]
+
+    # Parallel loading, measured on this 2-core machine (shared, load average ~4; 256 px
+    # images, 12 instances, flip + affine + multiply; batch 2, interleaved runs):
+    #   serial loop                                         ~80-210 ms/batch
+    #   tf.data + tf.numpy_function, num_parallel_calls=AUTOTUNE  ~80-270 ms (tracks serial)
+    #   keras.utils.PyDataset workers=4 (threads)           ~160-200 ms
+    #   keras.utils.PyDataset workers=2, multiprocessing    ~220 ms
+    # tf.data was never slower than PyDataset, and adds static shapes, prefetch that
+    # overlaps the train step and tf.distribute support, so it is the one used. With
+    # more idle cores the parallel map scales where the numpy/OpenCV work drops the GIL.
+    ds = tf.data.Dataset.from_tensor_slices(image_ids)
+    if shuffle:
+        ds = ds.shuffle(len(image_ids), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.enumerate()
+    # Parallel loads may finish out of order; keep the order when it is meant to be
+    # reproducible (seed) or fixed (no shuffling).
+    ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=seed is not None or not shuffle)
+    ds = ds.filter(_is_ok).map(_drop_flag)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    ds.skip_counter = counter
+    return ds
+
+
+def _is_ok(example, ok):
+    return ok
+
+
+def _drop_flag(example, ok):
+    return example
+
+
+def skip_report_callbacks(*datasets):
+    """Keras callbacks that log, at each epoch end, the images skipped by pipelines from
+    build_dataset (train first, then validation; None entries are ignored)."""
+    import keras
+
+    counters = [(("train", "val")[i] if i < 2 else "data{}".format(i), ds.skip_counter)
+                for i, ds in enumerate(datasets)
+                if ds is not None and getattr(ds, "skip_counter", None) is not None]
+    if not counters:
+        return []
+
+    class SkipReport(keras.callbacks.Callback):
+        """Logs new skips per epoch; ``history`` keeps (epoch, name, counts) tuples."""
+
+        def __init__(self):
+            super().__init__()
+            self.history = []
+            self._last = {name: {"errors": 0, "empty": 0} for name, _ in counters}
+
+        def on_epoch_end(self, epoch, logs=None):
+            for name, counter in counters:
+                now = counter.as_dict()
+                new_errors = now["errors"] - self._last[name]["errors"]
+                new_empty = now["empty"] - self._last[name]["empty"]
+                self._last[name] = now
+                self.history.append((epoch, name, now))
+                if new_errors:
+                    logger.warning("Epoch %d: %d broken %s image(s) skipped (%d in total); "
+                                   "last: %s", epoch + 1, new_errors, name, now["errors"],
+                                   counter.messages[-1] if counter.messages else "")
+                if new_empty:
+                    logger.info("Epoch %d: %d %s image(s) without instances skipped",
+                                epoch + 1, new_empty, name)
+
+    return [SkipReport()]
+
+
+def data_generator(dataset, config, shuffle=True, augment=False, augmentation=None,
+                   random_rois=0, batch_size=1, detection_targets=False,
+                   no_augmentation_sources=None):
+    """Matterport's Python generator, for ported scripts: yields (inputs, []) forever.
+
+    inputs: [images, image_meta, rpn_match, rpn_bbox, gt_class_ids, gt_boxes, gt_masks]
+    batched numpy arrays (dtypes as build_dataset). Images without instances are
+    skipped; a broken image is logged and skipped, and the sixth error is raised (as
+    Matterport). random_rois / detection_targets are not supported.
+    """
+    if random_rois or detection_targets:
+        raise NotImplementedError("data_generator: random_rois and detection_targets are "
+                                  "not supported; targets come from DetectionTargetLayer")
+    check_dataset(dataset, "dataset", config)
+    anchors = utils.get_anchors(config, config.IMAGE_SHAPE)
+    spec = example_spec(config, anchors.shape[0])
+    image_ids = np.copy(dataset.image_ids)
+    no_aug = set(no_augmentation_sources or [])
+    error_count = 0
+    index = -1
+    batch = []
+    while True:
+        index = (index + 1) % len(image_ids)
+        if shuffle and index == 0:
+            np.random.shuffle(image_ids)
+        image_id = int(image_ids[index])
+        try:
+            if augment:
+                logger.warning("'augment' is deprecated; use 'augmentation' instead.")
+                augmentation = augmentation or _fliplr_half()
+                augment = False
+            source = dataset.image_info[image_id]["source"]
+            example = load_training_example(
+                dataset, config, image_id, anchors,
+                augmentation=None if source in no_aug else augmentation)
+        except (GeneratorExit, KeyboardInterrupt):
+            raise
+        except Exception:
+            logger.exception("Error processing %s", describe_image(dataset, image_id))
+            error_count += 1
+            if error_count > 5:
+                raise
+            continue
+        if not np.any(example["input_gt_class_ids"] > 0):
+            continue
+        batch.append(example)
+        if len(batch) == batch_size:
+            inputs = [np.stack([ex[k] for ex in batch]) for k in spec]
+            batch = []
+            yield inputs, []
+
+
+def _fliplr_half():
+    from mrcnn.augment import iaa
+    return iaa.Fliplr(0.5)
