@@ -56,7 +56,8 @@ def rpn_bbox_loss_graph(config, target_bbox, rpn_match, rpn_bbox):
     rank = tf.cumsum(positive, axis=1, exclusive=True)
     rank = tf.minimum(rank, tf.shape(target_bbox)[1] - 1)
     targets = tf.gather(tf.cast(target_bbox, tf.float32), rank, batch_dims=1)
-    loss = tf.reduce_sum(smooth_l1(targets, tf.cast(rpn_bbox, tf.float32)), axis=-1)
+    # Mean over positive anchors and the 4 coordinates (Matterport's K.mean).
+    loss = tf.reduce_mean(smooth_l1(targets, tf.cast(rpn_bbox, tf.float32)), axis=-1)
     return _safe_mean(loss, tf.cast(positive, tf.float32))
 
 
@@ -88,7 +89,8 @@ def mrcnn_bbox_loss_graph(target_bbox, target_class_ids, pred_bbox):
     else:
         pred = tf.gather(pred_bbox, tf.maximum(target_class_ids, 0), batch_dims=2)
     positive = tf.cast(target_class_ids > 0, tf.float32)
-    loss = tf.reduce_sum(smooth_l1(tf.cast(target_bbox, tf.float32), pred), axis=-1)
+    # Mean over positive ROIs and the 4 coordinates (Matterport's K.mean).
+    loss = tf.reduce_mean(smooth_l1(tf.cast(target_bbox, tf.float32), pred), axis=-1)
     return _safe_mean(loss, positive)
 
 

@@ -38,8 +38,8 @@ def test_rpn_bbox_loss_uses_positive_order_and_zero_without_positives():
     target[0, 1] = [0, 1.0, 0, 0]    # second positive anchor (index 3)
     got = losses.rpn_bbox_loss_graph(None, tf.constant(target), tf.constant(match),
                                      tf.constant(pred)).numpy()
-    # anchor 1: |0.5| -> 0.125 ; anchor 3: |2.0| -> 1.5 ; mean over 2 positives
-    assert got == pytest.approx((0.125 + 1.5) / 2, rel=1e-6)
+    # anchor 1: |0.5| -> 0.125 ; anchor 3: |2.0| -> 1.5 ; mean over 2 positives x 4 coords
+    assert got == pytest.approx((0.125 + 1.5) / 8, rel=1e-6)
     empty = losses.rpn_bbox_loss_graph(None, tf.constant(target), tf.zeros_like(match),
                                        tf.constant(pred)).numpy()
     assert empty == 0.0
@@ -66,7 +66,7 @@ def test_mrcnn_bbox_loss_per_class_and_class_agnostic():
     pred[0, 2, 1] = [0, 0.5, 0, 0]     # roi 2, class 1
     got = losses.mrcnn_bbox_loss_graph(tf.constant(target), tf.constant(ids),
                                        tf.constant(pred)).numpy()
-    expected = (np_smooth_l1(np.array([0.2])).sum() + np_smooth_l1(np.array([1.5])).sum()) / 2
+    expected = (np_smooth_l1(np.array([0.2])).sum() + np_smooth_l1(np.array([1.5])).sum()) / 8
     assert got == pytest.approx(expected, rel=1e-5)
     agnostic = np.zeros((1, 3, 1, 4), np.float32)
     agnostic[0, 0, 0] = [0.3, 0, 0, 0]
