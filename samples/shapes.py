@@ -163,19 +163,46 @@ def make_datasets(config, train_images=500, val_images=50, seed=0):
 
 
 def evaluate_map(model, dataset, config, limit=None, iou_threshold=0.5):
-    """Matterport's mAP: compute_ap per image (on masks) averaged over the dataset."""
+    """Matterport's mAP: compute_ap per image (on masks) averaged over the dataset.
+
+    iou_threshold: one threshold (returns a float) or a sequence (returns a list, one mAP
+    per threshold, from a single detection pass).
+    """
+    thresholds = np.atleast_1d(iou_threshold).tolist()
     image_ids = dataset.image_ids[:limit] if limit else dataset.image_ids
-    aps = []
+    aps = [[] for _ in thresholds]
     for image_id in image_ids:
         image = dataset.load_image(image_id)
         gt_mask, gt_class_id = dataset.load_mask(image_id)
         gt_bbox = utils.extract_bboxes(gt_mask)
         r = model.detect([image])[0]
-        ap, _, _, _ = utils.compute_ap(gt_bbox, gt_class_id, gt_mask, r["rois"],
-                                       r["class_ids"], r["scores"], r["masks"],
-                                       iou_threshold=iou_threshold)
-        aps.append(ap)
-    return float(np.mean(aps)) if aps else 0.0
+        for k, t in enumerate(thresholds):
+            ap, _, _, _ = utils.compute_ap(gt_bbox, gt_class_id, gt_mask, r["rois"],
+                                           r["class_ids"], r["scores"], r["masks"],
+                                           iou_threshold=t)
+            aps[k].append(ap)
+    maps = [float(np.mean(a)) if a else 0.0 for a in aps]
+    return maps if np.ndim(iou_threshold) else maps[0]
+
+
+class TimeBudget(object):
+    """Keras callback factory: stop training once ``minutes`` of wall time have passed
+    (checked after every batch; the epoch's checkpoint is still written)."""
+
+    @staticmethod
+    def make(minutes):
+        import keras
+
+        class _TimeBudget(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.deadline = time.time() + 60.0 * minutes
+
+            def on_train_batch_end(self, batch, logs=None):
+                if time.time() > self.deadline:
+                    self.model.stop_training = True
+
+        return _TimeBudget()
 
 
 def main(argv=None):
@@ -192,6 +219,10 @@ def main(argv=None):
     parser.add_argument("--train-images", type=int, default=500)
     parser.add_argument("--val-images", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="stop training after this many minutes (benchmarks)")
+    parser.add_argument("--eval-images", type=int, default=None,
+                        help="evaluate on the first N validation images (default all)")
     parser.add_argument("--out", default=None, help="PNG of detections (default: in the "
                                                     "run's log directory)")
     args = parser.parse_args(argv)
@@ -215,8 +246,9 @@ def main(argv=None):
         if args.model:
             weights = model.find_last() if args.model == "last" else args.model
             model.load_weights(weights, by_name=True)
+        callbacks = [TimeBudget.make(args.time_budget)] if args.time_budget else []
         model.train(dataset_train, dataset_val, learning_rate=train_cfg.LEARNING_RATE,
-                    epochs=epochs, layers="all")
+                    epochs=epochs, layers="all", custom_callbacks=callbacks)
         weights = model.find_last()
         print("Training took {:.1f} min; weights: {}".format((time.time() - t0) / 60,
                                                              weights))
@@ -229,9 +261,13 @@ def main(argv=None):
 
     if args.command in ("train", "evaluate"):
         t1 = time.time()
-        m = evaluate_map(infer, dataset_val, infer_cfg)
-        print("mAP@0.5 (compute_ap on masks, {} held-out images): {:.3f}  ({:.1f} s)".format(
-            len(dataset_val.image_ids), m, time.time() - t1))
+        m50, m75 = evaluate_map(infer, dataset_val, infer_cfg, limit=args.eval_images,
+                                iou_threshold=[0.5, 0.75])
+        t_eval = time.time() - t1
+        n = args.eval_images or len(dataset_val.image_ids)
+        print("mAP@0.5 (compute_ap on masks, {} held-out images): {:.3f}".format(n, m50))
+        print("mAP@0.75: {:.3f}".format(m75))
+        print("Inference: {:.3f} s per image (detect, end to end)".format(t_eval / n))
     image_id = dataset_val.image_ids[0]
     image = dataset_val.load_image(image_id)
     r = infer.detect([image])[0]
