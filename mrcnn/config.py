@@ -91,6 +91,10 @@ class Config(object):
     ROI_POSITIVE_RATIO = 0.33
     # An ROI is positive for the heads at IoU >= ROI_POSITIVE_IOU with a GT box.
     ROI_POSITIVE_IOU = 0.5
+    # Append the GT boxes to the RPN proposals before sampling head targets (detectron2's
+    # PROPOSAL_APPEND_GT). Without it the heads see no positive ROI until the RPN has
+    # learned, which stalls training from scratch. False reproduces Matterport.
+    ROI_ADD_GT_AS_PROPOSALS = True
 
     # ROI-align output sizes and bilinear samples per bin side (1 = Matterport's single
     # sample per bin; 2 = average of 2x2 samples, as detectron2/mmdetection).

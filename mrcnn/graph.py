@@ -270,7 +270,7 @@ def _build_training(config, input_image, input_image_meta, rpn_class_logits, rpn
         targets = DetectionTargetLayer(
             config, positive_iou=config.stage_positive_iou(stage),
             bbox_std_dev=config.stage_bbox_std_dev(stage),
-            add_gt_as_proposals=stage > 0,
+            add_gt_as_proposals=stage > 0 or bool(config.ROI_ADD_GT_AS_PROPOSALS),
             name="proposal_targets" + _layer_suffix(stage))(
             [rois, input_gt_class_ids, gt_boxes, input_gt_masks])
         rois, target_class_ids, target_bbox, target_mask = targets
