@@ -32,10 +32,13 @@ def check_images(images, channels=3):
         raise ValueError("detect() was given an empty list of images")
     out = []
     for i, image in enumerate(images):
-        image = np.asarray(image)
-        if image.dtype == object or image.size == 0:
-            raise ValueError("image {} is empty or not numeric (shape {}, dtype {})".format(
-                i, image.shape, image.dtype))
+        try:
+            image = np.asarray(image)
+        except (TypeError, ValueError) as e:   # ragged nested lists
+            raise ValueError("image {} is not an array of pixels: {}".format(i, e)) from None
+        if image.dtype.kind not in "buif" or image.size == 0:
+            raise ValueError("image {} is empty or not real-valued (shape {}, dtype "
+                             "{})".format(i, image.shape, image.dtype))
         if image.ndim == 2:
             image = image[..., None]
         if image.ndim != 3:
@@ -73,20 +76,31 @@ def mold_inputs(images, config):
     """Resize and normalise images for the network (Matterport's MaskRCNN.mold_inputs).
 
     images: list of uint8 [H, W, C]. Returns molded_images [N, h, w, C] float32 (images of
-    different molded sizes are padded bottom/right to the largest), image_metas [N, META],
+    different molded sizes are padded bottom/right to the largest, rounded up to a
+    multiple of 64), image_metas [N, META],
     windows [N, 4] (y1, x1, y2, x2 pixels of the image inside the molded frame).
     """
     molded, metas, windows = [], [], []
-    for image in images:
+    for i, image in enumerate(images):
         resized, window, scale, padding, crop = utils.resize_image(
             image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
             max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
+        if window[2] - window[0] < 1 or window[3] - window[1] < 1:
+            # e.g. 2x300 in "square" mode at IMAGE_MAX_DIM 64: scaled to 0x64.
+            raise ValueError("image {} of shape {} is too thin: it shrinks to {}x{} pixels "
+                             "at IMAGE_MAX_DIM {} ({!r} mode)".format(
+                                 i, image.shape, window[2] - window[0],
+                                 window[3] - window[1], config.IMAGE_MAX_DIM,
+                                 config.IMAGE_RESIZE_MODE))
         molded.append(mold_image(resized, config))
         metas.append(compose_image_meta(0, image.shape, resized.shape, window, scale,
                                         np.zeros([config.NUM_CLASSES], dtype=np.int32)))
         windows.append(window)
-    h = max(m.shape[0] for m in molded)
-    w = max(m.shape[1] for m in molded)
+    # One frame for the batch, a multiple of 64 (the FPN adds P5 upsampled to C4 etc. and
+    # P6 has stride 64): only "none" mode can give other sizes; padding bottom/right
+    # leaves the windows unchanged.
+    h = -(-max(m.shape[0] for m in molded) // 64) * 64
+    w = -(-max(m.shape[1] for m in molded) // 64) * 64
     batch = np.zeros([len(molded), h, w, molded[0].shape[2]], np.float32)
     for i, m in enumerate(molded):
         batch[i, :m.shape[0], :m.shape[1]] = m
