@@ -116,6 +116,9 @@ class Config(object):
     DETECTION_MIN_CONFIDENCE = 0.7
     DETECTION_NMS_THRESHOLD = 0.3
 
+    # "sgd" (Matterport: SGD with momentum LEARNING_MOMENTUM) or "adam" (beta_1 =
+    # LEARNING_MOMENTUM; converges faster from random weights, use LEARNING_RATE ~1e-3).
+    OPTIMIZER = "sgd"
     LEARNING_RATE = 0.001
     LEARNING_MOMENTUM = 0.9
     WEIGHT_DECAY = 0.0001
@@ -338,6 +341,8 @@ class Config(object):
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or \
                     not math.isfinite(v) or v < 0:
                 self._fail(attr, "must be a finite number >= 0")
+        if str(self.OPTIMIZER).lower() not in ("sgd", "adam"):
+            self._fail("OPTIMIZER", "must be 'sgd' or 'adam'")
         if self.GRADIENT_CLIP_NORM is not None and not self.GRADIENT_CLIP_NORM > 0:
             self._fail("GRADIENT_CLIP_NORM", "must be > 0 or None")
 

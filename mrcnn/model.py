@@ -185,22 +185,38 @@ class MaskRCNN(object):
             return None
 
         layer_regex = resolve_layers(layers)
-        train_ds = data.build_dataset(train_dataset, self.config, shuffle=True,
-                                      augmentation=augmentation,
-                                      no_augmentation_sources=no_augmentation_sources,
-                                      on_error=on_error)
-        val_ds = data.build_dataset(val_dataset, self.config, shuffle=True,
-                                    on_error=on_error)
-        if not os.path.exists(self.log_dir):
+        # Global batch: IMAGES_PER_GPU on every replica (GPU_COUNT only picks the default
+        # strategy; an explicit or multi-worker strategy sets the replica count).
+        strategy = self.strategy
+        global_batch = self.config.IMAGES_PER_GPU * strategy.num_replicas_in_sync
+        train_kw = dict(shuffle=True, augmentation=augmentation,
+                        no_augmentation_sources=no_augmentation_sources, on_error=on_error)
+        val_kw = dict(shuffle=True, on_error=on_error)
+        if _num_workers(strategy) > 1:
+            # One input pipeline per worker, each shuffling independently and yielding
+            # per-replica batches: no worker loads images that another one uses.
+            train_ds = _per_worker_dataset(strategy, data, train_dataset, self.config,
+                                           global_batch, train_kw)
+            val_ds = _per_worker_dataset(strategy, data, val_dataset, self.config,
+                                         global_batch, val_kw)
+        else:
+            train_ds = data.build_dataset(train_dataset, self.config,
+                                          batch_size=global_batch, **train_kw)
+            val_ds = data.build_dataset(val_dataset, self.config, batch_size=global_batch,
+                                        **val_kw)
+        chief = _is_chief(strategy)
+        if chief and not os.path.exists(self.log_dir):
             os.makedirs(self.log_dir)
 
         guard = NonFiniteLossGuard(loss_output_names(self.config))
-        callbacks = [
-            guard,
-            keras.callbacks.TensorBoard(log_dir=self.log_dir, histogram_freq=0,
-                                        write_graph=False),
-            CheckpointCallback(self.keras_model, self.checkpoint_path, verbose=verbose),
-        ]
+        callbacks = [guard]
+        if chief:
+            # Other workers hold the same (mirrored) weights: only the chief writes.
+            callbacks += [
+                keras.callbacks.TensorBoard(log_dir=self.log_dir, histogram_freq=0,
+                                            write_graph=False),
+                CheckpointCallback(self.keras_model, self.checkpoint_path, verbose=verbose),
+            ]
         callbacks += data.skip_report_callbacks(train_ds, val_ds)
         callbacks += list(custom_callbacks or [])
 
@@ -209,17 +225,20 @@ class MaskRCNN(object):
             print("Checkpoint Path: {}".format(self.checkpoint_path))
         self.set_trainable(layer_regex, verbose=verbose - 1)
         trainer = self.compile(learning_rate)
-        if self.strategy.num_replicas_in_sync > 1:
-            train_ds = self.strategy.experimental_distribute_dataset(train_ds)
-            val_ds = self.strategy.experimental_distribute_dataset(val_ds)
+        if strategy.num_replicas_in_sync > 1 and _num_workers(strategy) == 1:
+            # Each global batch is split into IMAGES_PER_GPU images per replica.
+            train_ds = strategy.experimental_distribute_dataset(train_ds)
+            val_ds = strategy.experimental_distribute_dataset(val_ds)
         history = trainer.fit(
             train_ds, initial_epoch=self.epoch, epochs=epochs,
-            steps_per_epoch=self.config.STEPS_PER_EPOCH, callbacks=callbacks,
+            steps_per_epoch=self.config.STEPS_PER_EPOCH, callbacks=callbacks, shuffle=False,
             validation_data=val_ds if self.config.VALIDATION_STEPS else None,
             validation_steps=self.config.VALIDATION_STEPS or None, verbose=verbose)
         if guard.error is not None:
             raise guard.error
-        self.epoch = max(self.epoch, epochs)
+        # Epochs actually run (a callback may stop training early).
+        done = history.epoch[-1] + 1 if history is not None and history.epoch else epochs
+        self.epoch = max(self.epoch, done)
         return history
 
     # ------------------------------------------------------------------ inference
@@ -307,22 +326,35 @@ class MaskRCNN(object):
 
     # ------------------------------------------------------------------ inspection
     def ancestor(self, tensor, name, checked=None):
-        """Find the layer named ``name`` among the layers that produce ``tensor``."""
+        """Find the output of the layer whose name fully matches ``name`` (a regex) among
+        the layers that produce ``tensor`` (a KerasTensor of keras_model); None if absent.
+
+        checked: optional list that receives the names of the layers visited. Each layer
+        is visited once (ResNet's shortcuts would otherwise make the walk exponential),
+        iteratively, so deep backbones cannot exhaust Python's recursion limit.
+        """
         checked = checked if checked is not None else []
-        if len(checked) > 500:
-            return None
-        history = getattr(tensor, "_keras_history", None)
-        if history is None:
-            return None
-        layer = history.operation if hasattr(history, "operation") else history[0]
-        if re.fullmatch(name, layer.name):
-            return tensor
-        checked.append(layer.name)
-        for node in getattr(layer, "_inbound_nodes", []):
-            for parent in node.input_tensors:
-                found = self.ancestor(parent, name, checked)
-                if found is not None:
-                    return found
+        seen = set(checked)
+        stack = [tensor]
+        while stack:
+            t = stack.pop()
+            history = getattr(t, "_keras_history", None)
+            if history is None:
+                continue
+            layer = history.operation if hasattr(history, "operation") else history[0]
+            if re.fullmatch(name, layer.name):
+                return t
+            if layer.name in seen:
+                continue
+            seen.add(layer.name)
+            checked.append(layer.name)
+            nodes = list(getattr(layer, "_inbound_nodes", []))
+            # A layer called several times (rpn_model): follow the call that made ``t``.
+            index = getattr(history, "node_index", None)
+            if index is not None and 0 <= index < len(nodes):
+                nodes = [nodes[index]]
+            parents = [p for node in nodes for p in node.input_tensors]
+            stack.extend(reversed(parents))   # depth first, first input first
         return None
 
     def find_trainable_layer(self, layer):
@@ -367,9 +399,79 @@ class MaskRCNN(object):
             result[name] = keras.ops.convert_to_numpy(v)
         return result
 
+    # ------------------------------------------------------------------ serving
+    def export(self, path, masks="small"):
+        """Write a SavedModel for TF Serving (see mrcnn.export): its serving_default
+        signature takes uint8 images [B, H, W, C] and returns boxes (original pixels),
+        class_ids, scores, num_detections and masks ("small": MASK_SHAPE probabilities
+        per box; "full": bool [B, D, H, W]). Refuses an existing path. Returns path."""
+        from mrcnn.export import export_saved_model
+        return export_saved_model(self, path, masks=masks)
+
+
+def _tf_config_tasks():
+    """Number of chief + worker tasks in the TF_CONFIG environment variable (0 if unset)."""
+    import json
+    raw = os.environ.get("TF_CONFIG", "").strip()
+    if not raw:
+        return 0
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+    except (ValueError, AttributeError) as err:
+        raise ValueError("TF_CONFIG is not a JSON object with a 'cluster': {}".format(err))
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def _num_workers(strategy):
+    """Worker processes taking part in ``strategy`` (1 for single-process strategies)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, sum(len(spec.get(kind, [])) for kind in ("chief", "worker")))
+
+
+def _is_chief(strategy):
+    """True in the process that writes logs and checkpoints: the 'chief' task, or worker
+    0 when the cluster has no chief, or any single-process run."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or _num_workers(strategy) == 1:
+        return True
+    spec = resolver.cluster_spec().as_dict()
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if "chief" in spec:
+        return task_type == "chief"
+    return task_type == "worker" and int(task_id or 0) == 0
+
+
+def _per_worker_dataset(strategy, data, dataset, config, global_batch, kwargs):
+    """strategy.distribute_datasets_from_function over data.build_dataset pipelines with
+    per-replica batches; the returned object carries a ``skip_counter`` like
+    build_dataset's result (one counter for this worker's pipeline)."""
+    counter = data.SkipCounter()
+
+    def fn(context):
+        return data.build_dataset(
+            dataset, config, batch_size=context.get_per_replica_batch_size(global_batch),
+            skip_counter=counter, **kwargs)
+
+    distributed = strategy.distribute_datasets_from_function(fn)
+    try:
+        distributed.skip_counter = counter
+    except AttributeError:
+        pass
+    return distributed
+
 
 def _default_strategy(config):
-    """MirroredStrategy when GPU_COUNT > 1, else the default (no-op) strategy."""
+    """The strategy used when MaskRCNN gets none.
+
+    TF_CONFIG naming a cluster of several tasks -> MultiWorkerMirroredStrategy (all local
+    GPUs, or the CPU, of each worker); GPU_COUNT > 1 -> MirroredStrategy over the first
+    GPU_COUNT GPUs; else the default (no-op) strategy.
+    """
+    if _tf_config_tasks() > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if config.GPU_COUNT > 1:
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus[:config.GPU_COUNT]]
@@ -381,8 +483,16 @@ def _default_strategy(config):
 
 
 def _set_precision_policy(config):
-    """Apply config.MIXED_PRECISION as Keras's global dtype policy before building."""
+    """Apply config.MIXED_PRECISION as Keras's global dtype policy before building.
+
+    The policy is global in Keras: every MaskRCNN sets it (None -> "float32"), so a
+    float32 model built after a mixed one is float32 again. Box, anchor, ROI and loss
+    layers keep float32 whatever the policy (see mrcnn.layers).
+    """
     policy = config.MIXED_PRECISION or "float32"
+    if policy == "mixed_float16" and not tf.config.list_logical_devices("GPU"):
+        log.warning("MIXED_PRECISION = 'mixed_float16' without a GPU: float16 maths is "
+                    "very slow on CPUs; use 'mixed_bfloat16' (CPUs with AMX) or float32")
     keras.mixed_precision.set_global_policy(policy)
 
 

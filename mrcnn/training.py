@@ -46,7 +46,6 @@ class TrainingModel(keras.Model):
         self.loss_weights_ = [loss_weight(config, n) for n in self.loss_names]
         self.total_tracker = keras.metrics.Mean(name="loss")
         self.trackers = [keras.metrics.Mean(name=n) for n in self.loss_names]
-        self._decayed = None
 
     @property
     def metrics(self):
@@ -60,13 +59,14 @@ class TrainingModel(keras.Model):
         named = [tf.cast(outputs[i], tf.float32) for i in range(len(self.loss_names))]
         total = tf.add_n([w * l for w, l in zip(self.loss_weights_, named)])
         if self.config.WEIGHT_DECAY:
-            if self._decayed is None:
-                self._decayed = decayed_weights(self.net)
-            if self._decayed:
+            # Listed at trace time, not cached on self: Keras refuses new tracked state
+            # on a built model (fit under a strategy builds it before the first step).
+            decayed = decayed_weights(self.net)
+            if decayed:
                 # Matterport's form: L2 of each weight divided by its size.
                 decay = tf.add_n([
                     tf.reduce_sum(tf.square(tf.cast(w, tf.float32))) /
-                    tf.cast(tf.size(w), tf.float32) for w in self._decayed])
+                    tf.cast(tf.size(w), tf.float32) for w in decayed])
                 total = total + self.config.WEIGHT_DECAY * decay
         return total, named
 
@@ -74,21 +74,71 @@ class TrainingModel(keras.Model):
         self.total_tracker.update_state(total)
         for tracker, value in zip(self.trackers, named):
             tracker.update_state(value)
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras 3 averages multi-worker step outputs with strategy.reduce(MEAN,
+            # axis=0), which fails on scalars (tensorflow/tensorflow#72388); with a
+            # length-1 axis the same reduce returns the scalar mean.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Build from the first replica's part of the first batch.
+
+        Under a strategy Keras (3.15) builds the model from the first batch averaged over
+        the replicas with strategy.reduce, which fails on bool tensors (gt masks: "AddN
+        ... bool") and on dict inputs under MultiWorkerMirroredStrategy (its reduce does
+        not walk nested structures), and runs a collective for nothing. Only shapes are
+        needed, so hand Keras one replica's tensors instead.
+        """
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is not None and data_batch is None and strategy is not None:
+            for _, _, it in iterator:
+                batch = next(it)
+                break
+            else:
+                batch = None
+            if batch is not None:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, batch)
+                iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
         inputs = data[0] if isinstance(data, tuple) else data
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             total, named = self._compute_losses(inputs, training=True)
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled = total / tf.cast(replicas, tf.float32)
             if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
                 scaled = self.optimizer.scale_loss(scaled)
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        if replicas > 1 and self.config.GRADIENT_CLIP_NORM and \
+                not _optimizer_clips(self.optimizer):
+            pairs = self._clip_across_replicas(pairs)
         self.optimizer.apply_gradients(pairs)
         return self._update(total, named)
+
+    def _clip_across_replicas(self, pairs):
+        """Global-norm clipping by the norm of the gradient summed over replicas.
+
+        Keras clips each replica's partial gradient before the cross-replica sum, which
+        is not what one device computes; make_optimizer therefore leaves clipping off under
+        a multi-replica strategy and every replica scales its part by the same factor here,
+        min(1, clip / ||sum of parts||), as one device would. Costs one extra all-reduce.
+        """
+        grads = [g for g, _ in pairs]
+        summed = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, grads)
+        norm = tf.linalg.global_norm([tf.cast(g, tf.float32) for g in summed])
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            norm = norm / tf.cast(self.optimizer.dynamic_scale, tf.float32)
+        clip = float(self.config.GRADIENT_CLIP_NORM)
+        factor = clip / tf.maximum(norm, clip)
+        return [(g * tf.cast(factor, g.dtype), v) for g, v in pairs]
 
     def test_step(self, data):
         inputs = data[0] if isinstance(data, tuple) else data
@@ -96,10 +146,39 @@ class TrainingModel(keras.Model):
         return self._update(total, named)
 
 
+def _multi_worker(strategy):
+    """True for a MultiWorkerMirroredStrategy spanning several worker processes."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    resolver = strategy.cluster_resolver
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return sum(len(spec.get(kind, [])) for kind in ("chief", "worker")) > 1
+
+
+def _optimizer_clips(optimizer):
+    """True when the (possibly loss-scaled) Keras optimizer clips gradients itself."""
+    opt = getattr(optimizer, "inner_optimizer", optimizer)
+    return any(getattr(opt, a, None) for a in ("global_clipnorm", "clipnorm", "clipvalue"))
+
+
 def make_optimizer(config, learning_rate):
-    """SGD with momentum and global-norm clipping (Matterport's choice)."""
-    opt = keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.LEARNING_MOMENTUM,
-                               global_clipnorm=config.GRADIENT_CLIP_NORM)
+    """config.OPTIMIZER ("sgd": Matterport's SGD with momentum; "adam") with global-norm
+    clipping.
+
+    Call it inside the strategy's scope. Under a multi-replica strategy the optimizer does
+    not clip (Keras would clip each replica's part before the sum);
+    TrainingModel.train_step clips the summed gradient instead.
+    """
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    clip = config.GRADIENT_CLIP_NORM if replicas == 1 else None
+    name = str(getattr(config, "OPTIMIZER", "sgd")).lower()
+    if name == "sgd":
+        opt = keras.optimizers.SGD(learning_rate=learning_rate,
+                                   momentum=config.LEARNING_MOMENTUM, global_clipnorm=clip)
+    else:
+        # Adam's beta_1 plays momentum's role; weight decay stays the L2 term of the loss.
+        opt = keras.optimizers.Adam(learning_rate=learning_rate,
+                                    beta_1=config.LEARNING_MOMENTUM, global_clipnorm=clip)
     if config.MIXED_PRECISION == "mixed_float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt
@@ -119,6 +198,15 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         from mrcnn.weights import save_weights_h5
+        # A non-finite training loss this epoch (NonFiniteLossGuard stopped it): the
+        # weights may still be finite (e.g. a loss scaler skipped the step) but are not
+        # to be trusted; the previous checkpoint stays the last one.
+        bad = sorted(k for k, v in (logs or {}).items() if not k.startswith("val_")
+                     and _is_number(v) and not math.isfinite(float(v)))
+        if bad:
+            warnings.warn("non-finite training loss(es) {} at epoch {}: checkpoint not "
+                          "written".format(", ".join(bad), epoch + 1))
+            return
         for w in self.net.weights:
             if not np.all(np.isfinite(keras.ops.convert_to_numpy(w))):
                 warnings.warn("weights of {} are not finite at epoch {}: checkpoint not "
@@ -153,13 +241,26 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
         if bad:
             # Running means become non-finite as soon as one batch is: name the loss(es).
             named = [n for n in bad if n != "loss"] or bad
+            # Global step counted from epoch 0, so it stays right after a resume.
+            steps = (self.params or {}).get("steps")
+            step = self.epoch * steps + batch + 1 if steps else self.step
             self.error = NonFiniteLossError(
                 "non-finite loss at epoch {}, batch {} (global step {}): {}. Training "
-                "stopped; no checkpoint was written for this epoch. Try a lower "
-                "LEARNING_RATE, GRADIENT_CLIP_NORM, or check the data.".format(
-                    self.epoch + 1, batch + 1, self.step,
+                "stopped; no checkpoint was written for this epoch and the last good one "
+                "is unchanged (reload it: model.load_weights(model.find_last())). Try a "
+                "lower LEARNING_RATE, GRADIENT_CLIP_NORM, or check the data.".format(
+                    self.epoch + 1, batch + 1, step,
                     ", ".join("{}={}".format(n, logs[n]) for n in named)))
             self.model.stop_training = True
+
+
+def _is_number(value):
+    """True for Python / numpy / 0-d tensor numbers (Keras log values)."""
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 LAYER_REGEX = {

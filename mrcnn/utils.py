@@ -542,7 +542,9 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
             scale = max_dim / image_max
 
     if scale != 1:
-        image = resize(image, (round(h * scale), round(w * scale)), preserve_range=True)
+        # max(1, .): an extreme aspect ratio must not shrink a side to zero pixels.
+        image = resize(image, (max(1, round(h * scale)), max(1, round(w * scale))),
+                       preserve_range=True)
 
     h, w = image.shape[:2]
     if mode == "square":
