@@ -221,8 +221,9 @@ def main(argv=None):
     parser.add_argument("--train-images", type=int, default=500)
     parser.add_argument("--val-images", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--time-budget", type=float, default=None,
-                        help="stop training after this many minutes (benchmarks)")
+    parser.add_argument("--time-budget", type=float, default=12.0,
+                        help="stop training after this many minutes of training, so "
+                             "train + evaluate stays under 15 min (default 12; 0 = none)")
     parser.add_argument("--eval-images", type=int, default=None,
                         help="evaluate on the first N validation images (default all)")
     parser.add_argument("--out", default=None, help="PNG of detections (default: in the "
@@ -240,7 +241,7 @@ def main(argv=None):
     infer_cfg = type("RunInferenceConfig", (ShapesInferenceConfig,), dict(cascade))()
     dataset_train, dataset_val = make_datasets(train_cfg, args.train_images,
                                                args.val_images, args.seed)
-    epochs = args.epochs or 8
+    epochs = args.epochs or 40
     weights = None
     t0 = time.time()
     if args.command == "train":
