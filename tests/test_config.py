@@ -35,6 +35,7 @@ EXTENSION_DEFAULTS = dict(
     CASCADE_BBOX_STD_DEVS=((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1),
                            (0.033, 0.033, 0.067, 0.067)),
     CASCADE_STAGE_WEIGHTS=(1.0, 0.5, 0.25), MIXED_PRECISION=None, INIT_WEIGHTS=None,
+    MASK_HEAD_CONV_DIM=256, ROI_ADD_GT_AS_PROPOSALS=True, OPTIMIZER="sgd",
 )
 # Set by __init__ from other attributes.
 COMPUTED = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE", "PRE_NMS_LIMIT_TRAINING",
