@@ -24,6 +24,9 @@ def log2_graph(x):
     return tf.math.log(_f32(x)) / math.log(2.0)
 
 
+BBOX_LOG_SCALE_CLIP = math.log(1000.0 / 16)
+
+
 def apply_box_deltas_graph(boxes, deltas):
     """Apply refinement deltas to boxes.
 
@@ -37,8 +40,10 @@ def apply_box_deltas_graph(boxes, deltas):
     width = boxes[..., 3] - boxes[..., 1]
     center_y = boxes[..., 0] + 0.5 * height + deltas[..., 0] * height
     center_x = boxes[..., 1] + 0.5 * width + deltas[..., 1] * width
-    height = height * tf.exp(deltas[..., 2])
-    width = width * tf.exp(deltas[..., 3])
+    # Clamp the log-scale deltas (detectron2 does the same, at log(1000/16)): an untrained
+    # or diverging head can predict exp() overflows, and inf - inf boxes become NaN.
+    height = height * tf.exp(tf.minimum(deltas[..., 2], BBOX_LOG_SCALE_CLIP))
+    width = width * tf.exp(tf.minimum(deltas[..., 3], BBOX_LOG_SCALE_CLIP))
     # Same operation order as Matterport (y2 = y1 + h) so results match bit for bit.
     y1 = center_y - 0.5 * height
     x1 = center_x - 0.5 * width

@@ -227,7 +227,10 @@ class PyramidROIAlign(keras.layers.Layer):
         w = boxes[..., 3] - boxes[..., 1]
         level = log2_graph(tf.sqrt(tf.maximum(h * w, 0.0)) / (224.0 / tf.sqrt(image_area)))
         # Clip before the int cast so empty boxes (log2 = -inf) land safely on P2.
-        level = tf.cast(tf.clip_by_value(4.0 + tf.round(level), 2.0, 5.0), tf.int32)
+        level = tf.clip_by_value(4.0 + tf.round(level), 2.0, 5.0)
+        # A NaN box (diverged weights) must still land on one level, or the inverse
+        # permutation below fails with an opaque error.
+        level = tf.cast(tf.where(tf.math.is_finite(level), level, 2.0), tf.int32)
 
         batch = _dim(boxes, 0)
         num_boxes = _dim(boxes, 1)
