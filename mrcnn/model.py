@@ -54,7 +54,7 @@ class MaskRCNN(object):
         self.config = config
         self.model_dir = model_dir
         self.epoch = 0
-        self.strategy = strategy or _default_strategy(config)
+        self.strategy = strategy or _default_strategy(config, mode)
         _set_precision_policy(config)
         self.set_log_dir()
         with self.strategy.scope():
@@ -234,6 +234,10 @@ class MaskRCNN(object):
             steps_per_epoch=self.config.STEPS_PER_EPOCH, callbacks=callbacks, shuffle=False,
             validation_data=val_ds if self.config.VALIDATION_STEPS else None,
             validation_steps=self.config.VALIDATION_STEPS or None, verbose=verbose)
+        if _num_workers(strategy) > 1:
+            # Other workers wait here until the chief has written its last checkpoint,
+            # so find_last() right after train() finds it on every worker.
+            _barrier(strategy)
         if guard.error is not None:
             raise guard.error
         # Epochs actually run (a callback may stop training early).
@@ -444,6 +448,12 @@ def _is_chief(strategy):
     return task_type == "worker" and int(task_id or 0) == 0
 
 
+def _barrier(strategy):
+    """Block until every replica of ``strategy`` gets here (one scalar all-reduce)."""
+    ones = strategy.run(tf.function(lambda: tf.constant(1.0)))
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None))
+
+
 def _per_worker_dataset(strategy, data, dataset, config, global_batch, kwargs):
     """strategy.distribute_datasets_from_function over data.build_dataset pipelines with
     per-replica batches; the returned object carries a ``skip_counter`` like
@@ -463,15 +473,24 @@ def _per_worker_dataset(strategy, data, dataset, config, global_batch, kwargs):
     return distributed
 
 
-def _default_strategy(config):
+_MULTI_WORKER_STRATEGY = []
+
+
+def _default_strategy(config, mode="training"):
     """The strategy used when MaskRCNN gets none.
 
-    TF_CONFIG naming a cluster of several tasks -> MultiWorkerMirroredStrategy (all local
-    GPUs, or the CPU, of each worker); GPU_COUNT > 1 -> MirroredStrategy over the first
-    GPU_COUNT GPUs; else the default (no-op) strategy.
+    Training: TF_CONFIG naming a cluster of several tasks -> MultiWorkerMirroredStrategy
+    (all local GPUs, or the CPU, of each worker; one instance per process, reused);
+    GPU_COUNT > 1 -> MirroredStrategy over the first GPU_COUNT GPUs; else the default
+    (no-op) strategy. Inference: the default strategy (detect() runs on one device; a
+    worker that evaluates after multi-worker training must not join a new collective).
     """
+    if mode != "training":
+        return tf.distribute.get_strategy()
     if _tf_config_tasks() > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if not _MULTI_WORKER_STRATEGY:
+            _MULTI_WORKER_STRATEGY.append(tf.distribute.MultiWorkerMirroredStrategy())
+        return _MULTI_WORKER_STRATEGY[0]
     if config.GPU_COUNT > 1:
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus[:config.GPU_COUNT]]

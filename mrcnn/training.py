@@ -196,6 +196,26 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.verbose = verbose
         self.last_saved = None
 
+    def on_train_begin(self, logs=None):
+        # A process killed while writing leaves its hidden temporary file (the checkpoint
+        # itself is never partial, see weights._write_groups_atomic): remove those of
+        # this checkpoint pattern so repeated crashes do not fill the disk.
+        directory, base = os.path.split(self.checkpoint_path)
+        pattern = re.escape(base).replace(re.escape("{epoch:04d}"), r"\d+")
+        stale = re.compile(r"^\." + pattern + r"\..+\.tmp$")
+        try:
+            names = os.listdir(directory or ".")
+        except OSError:
+            return
+        for name in names:
+            if stale.match(name):
+                try:
+                    os.remove(os.path.join(directory, name))
+                    warnings.warn("removed {}, the unfinished checkpoint of an interrupted "
+                                  "run".format(os.path.join(directory, name)))
+                except OSError:
+                    pass
+
     def on_epoch_end(self, epoch, logs=None):
         from mrcnn.weights import save_weights_h5
         # A non-finite training loss this epoch (NonFiniteLossGuard stopped it): the
