@@ -110,6 +110,9 @@ def _checked_image(image, config, what):
         raise ImageError("{}: image is empty (shape {})".format(what, image.shape))
     if image.dtype.kind not in "uif":
         raise ImageError("{}: image dtype {} is not numeric".format(what, image.dtype))
+    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
+        # A NaN / inf pixel would only surface later as a non-finite loss.
+        raise ImageError("{}: image contains NaN or infinite values".format(what))
     return image
 
 
@@ -216,9 +219,27 @@ def _load_gt(dataset, config, image_id, augmentation, use_mini_mask, augment, rn
     mask, class_ids = _checked_annotations(mask, class_ids, image.shape, num_classes, what)
     original_shape = image.shape
 
-    image, window, scale, padding, crop = utils.resize_image(
-        image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
-        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
+    # "square" shrinks the long side to IMAGE_MAX_DIM (only it ever scales down): an
+    # extreme aspect ratio (e.g. 10000 x 40 at 64) leaves a short side under 2 pixels,
+    # whose window has zero normalised size (norm_boxes divides by side - 1) and whose
+    # masks zoom to 0 pixels. Same limit as detect() (inference.mold_inputs).
+    h, w = original_shape[:2]
+    short = round(min(h, w) * config.IMAGE_MAX_DIM / max(h, w))
+    if config.IMAGE_RESIZE_MODE == "square" and short < 2:
+        raise ImageError("{}: image of shape {} is too thin: its short side shrinks to {} "
+                         "pixel(s) at IMAGE_MAX_DIM {} ('square' mode)".format(
+                             what, original_shape, short, config.IMAGE_MAX_DIM))
+    try:
+        image, window, scale, padding, crop = utils.resize_image(
+            image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
+            max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
+    except ValueError as e:
+        raise ImageError("{}: cannot resize the image of shape {}: {}".format(
+            what, original_shape, e)) from e
+    if min(window[2] - window[0], window[3] - window[1]) < 2:   # e.g. 1 x 40, no min_dim
+        raise ImageError("{}: image of shape {} is too thin: it is {}x{} pixels once "
+                         "resized".format(what, original_shape, window[2] - window[0],
+                                          window[3] - window[1]))
     if mask.shape[2]:
         mask = utils.resize_mask(mask, scale, padding, crop)
     else:  # nothing to zoom; keep the stack in step with the image
@@ -513,6 +534,8 @@ class SkipCounter(object):
         self.loaded = 0
         self.consecutive = 0
         self.messages = collections.deque(maxlen=20)
+        # Exceptions raised with on_error="raise" (the last few; see pipeline_error).
+        self.raised = collections.deque(maxlen=8)
 
     @property
     def skipped(self):
@@ -604,6 +627,9 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
                                             augmentation=aug, rng=rng)
         except Exception as e:
             if on_error == "raise":
+                # tf.data re-raises it wrapped in an InvalidArgumentError whose message
+                # starts with TF's own text; pipeline_error() finds this original again.
+                counter.raised.append(e)
                 raise
             message = "{}: {}".format(type(e).__name__, e)
             if describe_image(dataset, image_id) not in message:
@@ -650,6 +676,32 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
     ds = ds.prefetch(tf.data.AUTOTUNE)
     ds.skip_counter = counter
     return ds
+
+
+def pipeline_error(error, *datasets):
+    """The exception a build_dataset pipeline raised, given the TensorFlow error wrapping it.
+
+    With on_error="raise", a broken image raises (e.g.) an ImageError naming its id and
+    path inside tf.data; it reaches the caller (iteration, Keras fit) as a
+    tf.errors.InvalidArgumentError whose message begins with TensorFlow's own text
+    ("Error in user-defined function passed to ParallelMapDatasetV2 ..."). Returns that
+    original exception (its message names the image at the top) when ``error`` wraps one
+    raised by a pipeline in ``datasets`` (results of build_dataset, or anything with their
+    ``skip_counter``), else None. Typical use:
+
+        except tf.errors.OpError as e:
+            original = pipeline_error(e, train_ds, val_ds)
+            if original is None:
+                raise
+            raise original from None
+    """
+    text = str(error)
+    for ds in datasets:
+        counter = getattr(ds, "skip_counter", None)
+        for original in reversed(list(getattr(counter, "raised", ()))):
+            if "{}: {}".format(type(original).__name__, original) in text:
+                return original
+    return None
 
 
 def _is_ok(example, ok):

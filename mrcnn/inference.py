@@ -85,8 +85,10 @@ def mold_inputs(images, config):
         resized, window, scale, padding, crop = utils.resize_image(
             image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
             max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
-        if window[2] - window[0] < 1 or window[3] - window[1] < 1:
-            # e.g. 2x300 in "square" mode at IMAGE_MAX_DIM 64: scaled to 0x64.
+        if window[2] - window[0] < 2 or window[3] - window[1] < 2:
+            # e.g. 2x300 in "square" mode at IMAGE_MAX_DIM 64: scaled to 1x64 (resize_image
+            # keeps at least 1 pixel). A 1-pixel window has zero normalised size
+            # (norm_boxes divides by side - 1), so unmolding would divide by zero.
             raise ValueError("image {} of shape {} is too thin: it shrinks to {}x{} pixels "
                              "at IMAGE_MAX_DIM {} ({!r} mode)".format(
                                  i, image.shape, window[2] - window[0],
