@@ -348,6 +348,11 @@ class CocoJsonDataset(_SkipBadMixin, Dataset):
                             "3 points (6 numbers)".format(j, len(poly) // 2, len(poly)))
                 if len(poly) % 2:
                     return "polygon {} has an odd count of numbers ({})".format(j, len(poly))
+                # pycocotools crashes the process on NaN/inf or huge coordinates: check here.
+                for v in poly:
+                    if isinstance(v, bool) or not isinstance(v, numbers.Real) or \
+                            not math.isfinite(v) or abs(v) > 1e6:
+                        return "polygon {} has an invalid coordinate {!r}".format(j, v)
             return None
         if isinstance(seg, dict):
             if "counts" not in seg or "size" not in seg:

@@ -225,25 +225,32 @@ class MaskRCNN(object):
             print("Checkpoint Path: {}".format(self.checkpoint_path))
         self.set_trainable(layer_regex, verbose=verbose - 1)
         trainer = self.compile(learning_rate)
+        pipelines = (train_ds, val_ds)
         if strategy.num_replicas_in_sync > 1 and _num_workers(strategy) == 1:
             # Each global batch is split into IMAGES_PER_GPU images per replica.
             train_ds = strategy.experimental_distribute_dataset(train_ds)
             val_ds = strategy.experimental_distribute_dataset(val_ds)
-        history = trainer.fit(
-            train_ds, initial_epoch=self.epoch, epochs=epochs,
-            steps_per_epoch=self.config.STEPS_PER_EPOCH, callbacks=callbacks, shuffle=False,
-            validation_data=val_ds if self.config.VALIDATION_STEPS else None,
-            validation_steps=self.config.VALIDATION_STEPS or None, verbose=verbose)
-        if _num_workers(strategy) > 1:
-            # Other workers wait here until the chief has written its last checkpoint,
-            # so find_last() right after train() finds it on every worker.
-            _barrier(strategy)
+        try:
+            history = self._fit(trainer, train_ds, val_ds, epochs, callbacks, verbose)
+        except tf.errors.OpError as err:
+            # Put the broken image's own error (naming its id and path) on top.
+            original = data.pipeline_error(err, *pipelines)
+            if original is not None:
+                raise original from None
+            raise
         if guard.error is not None:
             raise guard.error
         # Epochs actually run (a callback may stop training early).
         done = history.epoch[-1] + 1 if history is not None and history.epoch else epochs
         self.epoch = max(self.epoch, done)
         return history
+
+    def _fit(self, trainer, train_ds, val_ds, epochs, callbacks, verbose):
+        return trainer.fit(
+            train_ds, initial_epoch=self.epoch, epochs=epochs,
+            steps_per_epoch=self.config.STEPS_PER_EPOCH, callbacks=callbacks, shuffle=False,
+            validation_data=val_ds if self.config.VALIDATION_STEPS else None,
+            validation_steps=self.config.VALIDATION_STEPS or None, verbose=verbose)
 
     # ------------------------------------------------------------------ inference
     def _inference_fn(self):

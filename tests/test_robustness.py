@@ -605,9 +605,6 @@ sys.exit(3)
 """
 
 
-@pytest.mark.xfail(reason="mrcnn/datasets.py does not check that polygon coordinates are "
-                          "finite and of sane magnitude; pycocotools segfaults on NaN, inf "
-                          "or |x| >= ~1e9 (reported to the lead)", strict=False)
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "1e9"])
 def test_coco_non_finite_polygon_does_not_crash(tmp_path, value):
     """Python's json accepts NaN / Infinity, and 1e9 is plain JSON: loading such a
