@@ -41,6 +41,7 @@ def main():
     class ScratchConfig(nucleus.NucleusConfig):
         NAME = "nucleus_scratch"
         TRAIN_BN = True
+        BN_MOMENTUM = 0.9
         OPTIMIZER = "adam"
         LEARNING_RATE = args.lr
         STEPS_PER_EPOCH = 100

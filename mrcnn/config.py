@@ -135,6 +135,9 @@ class Config(object):
     USE_RPN_ROIS = True
     # Train batch-norm layers (False: frozen, the usual choice with small batches).
     TRAIN_BN = False
+    # Momentum of the batch-norm moving statistics (Keras default 0.99). With TRAIN_BN
+    # from random weights and short runs, 0.9 lets inference statistics keep up.
+    BN_MOMENTUM = 0.99
     GRADIENT_CLIP_NORM = 5.0
 
     # Cascade Mask R-CNN. CASCADE=False is the plain model. Each stage has its own box
@@ -341,6 +344,7 @@ class Config(object):
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or \
                     not math.isfinite(v) or v < 0:
                 self._fail(attr, "must be a finite number >= 0")
+        self._fraction("BN_MOMENTUM")
         if str(self.OPTIMIZER).lower() not in ("sgd", "adam"):
             self._fail("OPTIMIZER", "must be 'sgd' or 'adam'")
         if self.GRADIENT_CLIP_NORM is not None and not self.GRADIENT_CLIP_NORM > 0:

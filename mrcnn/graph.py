@@ -152,8 +152,23 @@ def _layer_suffix(stage):
     return "" if stage == 0 else "_stage{}".format(stage + 1)
 
 
+def set_bn_momentum(model, momentum):
+    """Set the moving-statistics momentum of every batch-norm layer (sub-models too)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            set_bn_momentum(layer, momentum)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+
+
 def build_graph(mode, config):
     """Build the functional model for ``mode`` in ("training", "inference")."""
+    model = _build_graph(mode, config)
+    set_bn_momentum(model, config.BN_MOMENTUM)
+    return model
+
+
+def _build_graph(mode, config):
     if mode not in ("training", "inference"):
         raise ValueError("mode must be 'training' or 'inference', got {!r}".format(mode))
     h, w = (None, None)

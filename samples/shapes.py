@@ -37,6 +37,7 @@ class ShapesConfig(Config):
     IMAGES_PER_GPU = 4
     BACKBONE = "resnet50"
     TRAIN_BN = True  # from scratch, batch norm must learn its statistics
+    BN_MOMENTUM = 0.9  # ... and its moving averages must keep up with a short run
     IMAGE_RESIZE_MODE = "square"
     IMAGE_MIN_DIM = 128
     IMAGE_MAX_DIM = 128

@@ -696,3 +696,27 @@ def test_r50_preset_values_reach_the_graph(models, name):
     anchors, gt = _rpn_case()
     match, _ = data.build_rpn_targets((64, 64, 3), anchors, np.array([1]), gt, c)
     np.testing.assert_array_equal(match, [1, 0, -1, -1])
+
+
+
+def test_bn_momentum_reaches_every_batch_norm_layer():
+    """BN_MOMENTUM is set on every batch-norm layer, including those of sub-models."""
+    import keras as _keras
+    from mrcnn.config import Config as _Config
+    from mrcnn.graph import build_graph as _build
+
+    class _C(_Config):
+        NAME = "bnm"
+        NUM_CLASSES = 2
+        BACKBONE = "resnet50"
+        IMAGE_MIN_DIM = IMAGE_MAX_DIM = 64
+        IMAGES_PER_GPU = 1
+        BN_MOMENTUM = 0.8
+        FPN_CLASSIF_FC_LAYERS_SIZE = 32
+        TOP_DOWN_PYRAMID_SIZE = 32
+        MASK_HEAD_CONV_DIM = 16
+
+    model = _build("inference", _C())
+    bns = [l for l in model.layers if isinstance(l, _keras.layers.BatchNormalization)]
+    assert len(bns) > 50
+    assert {l.momentum for l in bns} == {0.8}
