@@ -488,6 +488,8 @@ def _via_shape_to_polygon(shape):
             ys = [float(v) for v in shape["all_points_y"]]
             if len(xs) != len(ys):
                 return None, None, "{} has {} x but {} y values".format(name, len(xs), len(ys))
+            if not all(math.isfinite(v) for v in xs + ys):
+                return None, None, "{} has a non-finite coordinate".format(name)
             # VIA may repeat the first vertex at the end: not a distinct point.
             n = len(xs) - (1 if len(xs) > 1 and xs[0] == xs[-1] and ys[0] == ys[-1] else 0)
             if n < 3:

@@ -689,9 +689,6 @@ def test_via_top_level_list_named(tmp_path):
     record("via_top_level_list", "named")
 
 
-@pytest.mark.xfail(reason="mrcnn/datasets.py: a NaN polygon coordinate is rasterised to an "
-                          "empty mask instead of being a named bad region (reported)",
-                   strict=False)
 def test_via_nan_coordinate_named(tmp_path):
     fault = {"regions": [via_region([4, 30, float("nan")], [4, 4, 20], kind="cat")]}
     (tmp_path / "via.json").write_text(json.dumps(via_content(str(tmp_path), fault)))
