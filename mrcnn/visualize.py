@@ -325,8 +325,10 @@ def save_instances_png(path, image, r, class_names, title="", figsize=None, show
 
 def _mask_iou(masks1, masks2):
     """IoU between every mask of [H, W, N1] and [H, W, N2] -> [N1, N2]."""
-    a = masks1.reshape(-1, masks1.shape[-1]).astype(np.float64)
-    b = masks2.reshape(-1, masks2.shape[-1]).astype(np.float64)
+    # Explicit pixel count: reshape(-1, 0) fails for an empty stack (no detections).
+    pixels = masks1.shape[0] * masks1.shape[1]
+    a = masks1.reshape(pixels, masks1.shape[-1]).astype(np.float64)
+    b = masks2.reshape(pixels, masks2.shape[-1]).astype(np.float64)
     inter = a.T @ b
     union = a.sum(0)[:, None] + b.sum(0)[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
