@@ -570,18 +570,16 @@ def test_coco_structural_fault_named(tmp_path, item, text, expected):
     record("coco_" + item, "named")
 
 
-def test_coco_non_numeric_polygon_named_at_load_mask(tmp_path):
-    """Strings as coordinates pass the JSON checks; rasterising names the annotation."""
+def test_coco_non_numeric_polygon_named_at_load(tmp_path):
+    """Strings as coordinates are caught when the JSON is read, naming file and entry."""
     content = coco_base(str(tmp_path))
     content["annotations"][1]["segmentation"] = [["a", "b", "c", "d", "e", "f"]]
     ann = tmp_path / "instances.json"
     ann.write_text(json.dumps(content))
-    ds = CocoJsonDataset()
-    ds.load_coco_json(str(ann), str(tmp_path))
-    ds.prepare()
     with pytest.raises(utils.DatasetError) as e:
-        data.load_image_gt(ds, CorpusConfig(), 1)
-    assert str(ann) in str(e.value) and "annotation id 11 of image id 2" in str(e.value)
+        CocoJsonDataset().load_coco_json(str(ann), str(tmp_path))
+    assert str(ann) in str(e.value) and "annotations[1] (id 11, image_id 2)" in str(e.value)
+    assert "invalid coordinate 'a'" in str(e.value)
     record("coco_non_numeric_polygon", "named")
 
 
