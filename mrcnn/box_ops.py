@@ -24,7 +24,7 @@ def log2_graph(x):
     return tf.math.log(_f32(x)) / math.log(2.0)
 
 
-BBOX_LOG_SCALE_CLIP = math.log(1000.0 / 16)
+from mrcnn.utils import BBOX_LOG_SCALE_CLIP  # noqa: E402  (one value for both sides)
 
 
 def apply_box_deltas_graph(boxes, deltas):

@@ -199,6 +199,9 @@ def non_max_suppression(boxes, scores, threshold):
     return np.array(keep, dtype=np.int32)
 
 
+BBOX_LOG_SCALE_CLIP = math.log(1000.0 / 16)
+
+
 def apply_box_deltas(boxes, deltas):
     """Apply (dy, dx, log(dh), log(dw)) deltas to boxes.
 
@@ -214,8 +217,10 @@ def apply_box_deltas(boxes, deltas):
     # In-place updates keep float32, as Matterport (values identical to its output).
     center_y += deltas[:, 0] * height
     center_x += deltas[:, 1] * width
-    height *= np.exp(deltas[:, 2])
-    width *= np.exp(deltas[:, 3])
+    # Same clamp as box_ops.apply_box_deltas_graph (log(1000/16), as detectron2): no effect
+    # on sane deltas, no overflow on diverged ones, and both sides stay equal.
+    height *= np.exp(np.minimum(deltas[:, 2], BBOX_LOG_SCALE_CLIP))
+    width *= np.exp(np.minimum(deltas[:, 3], BBOX_LOG_SCALE_CLIP))
     y1 = center_y - 0.5 * height
     x1 = center_x - 0.5 * width
     return np.stack([y1, x1, y1 + height, x1 + width], axis=1)
