@@ -395,6 +395,10 @@ class MaskRCNN(object):
         tensors = []
         for name, t in outputs:
             if isinstance(t, str):
+                # The mask head's last conv runs on ROIs folded into the batch; its
+                # [B, N, h, w, C] result (Matterport's "mrcnn_mask") is the unflatten layer.
+                if t == "mrcnn_mask":
+                    t = "mrcnn_mask_unflatten"
                 t = model.get_layer(t).output
             tensors.append(t)
         sub = keras.Model(model.inputs, tensors)
