@@ -8,7 +8,6 @@ version on ResNet-50 and prints the figures; pytest -s prints these ones.
 """
 
 import gc
-import math
 import os
 
 import keras
@@ -19,19 +18,7 @@ from mrcnn import model as modellib
 from samples.shapes import ShapesConfig, ShapesDataset
 
 
-def tiny_backbone(input_image, stage5=True, train_bn=False):
-    """Five stride-2 3x3 convolutions: C1..C5 at strides 2..32."""
-    x, out = input_image, []
-    for i, channels in enumerate((8, 8, 16, 16, 32)):
-        x = keras.layers.Conv2D(channels, 3, strides=2, padding="same", activation="relu",
-                                name="tiny_c{}".format(i + 1))(x)
-        out.append(x)
-    return out
-
-
-def tiny_backbone_shapes(image_shape):
-    return np.array([[math.ceil(image_shape[0] / s), math.ceil(image_shape[1] / s)]
-                     for s in (4, 8, 16, 32, 64)])
+from tiny_models import tiny_backbone, tiny_backbone_shapes  # noqa: E402
 
 
 class MemoryConfig(ShapesConfig):

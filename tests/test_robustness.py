@@ -17,7 +17,6 @@ step; checkpoint 0001 intact; no 0002).
 import io
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -65,20 +64,7 @@ def corpus_summary():
 
 
 # ---------------------------------------------------------------------------- configs
-def tiny_backbone(input_image, stage5=True, train_bn=False):
-    """Five stride-2 3x3 convolutions, C1..C5 at strides 2..32: builds and traces in a
-    fraction of ResNet-50's time; the robustness machinery does not depend on it."""
-    x, out = input_image, []
-    for i, channels in enumerate((8, 8, 16, 16, 32)):
-        x = keras.layers.Conv2D(channels, 3, strides=2, padding="same", activation="relu",
-                                name="tiny_c{}".format(i + 1))(x)
-        out.append(x)
-    return out
-
-
-def tiny_backbone_shapes(image_shape):
-    return np.array([[math.ceil(image_shape[0] / s), math.ceil(image_shape[1] / s)]
-                     for s in (4, 8, 16, 32, 64)])
+from tiny_models import tiny_backbone, tiny_backbone_shapes  # noqa: E402
 
 
 class RobustConfig(ShapesConfig):
