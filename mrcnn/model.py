@@ -13,7 +13,6 @@ from ``mrcnn.model``.
 """
 
 import datetime
-import glob
 import logging
 import os
 import re
@@ -22,7 +21,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mrcnn import utils
 from mrcnn.config import Config
 from mrcnn.graph import (INFERENCE_OUTPUTS, TRAINING_EXTRA_OUTPUTS, build_graph,
                          loss_output_names, numpy_anchors)
