@@ -389,7 +389,7 @@ PROFILE_STAGES = (
     ("box_head", ["mrcnn_class", "mrcnn_bbox"]),
     ("detection", ["mrcnn_detection"]),
     ("roi_align_mask", ["roi_align_mask"]),
-    ("mask_head", ["mrcnn_mask_unflatten"]),
+    ("mask_head", ["mrcnn_mask_slots"]),
 )
 
 

@@ -29,7 +29,7 @@ import skimage.draw
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from mrcnn.utils import Dataset, DatasetError
+from mrcnn.utils import Dataset, DatasetError, extract_bboxes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
@@ -722,20 +722,42 @@ def split_ids(dataset_dir, val_fraction=0.1, seed=42):
     return split_items(list_nucleus_ids(dataset_dir), val_fraction=val_fraction, seed=seed)
 
 
+def _crop_masks(masks):
+    """[H, W, N] bool -> (shape, boxes [N, 4], crops): each mask cut to its bounding box."""
+    boxes = extract_bboxes(masks)
+    crops = [masks[y1:y2, x1:x2, i].copy() for i, (y1, x1, y2, x2) in enumerate(boxes)]
+    return masks.shape, boxes, crops
+
+
+def _uncrop_masks(shape, boxes, crops):
+    """Inverse of _crop_masks: (masks bool [H, W, N], class_ids int32 [N] all ones)."""
+    masks = np.zeros(shape, dtype=bool)
+    for i, ((y1, x1, y2, x2), crop) in enumerate(zip(boxes, crops)):
+        masks[y1:y2, x1:x2, i] = crop
+    return masks, np.ones((shape[-1],), dtype=np.int32)
+
+
 class NucleusDataset(_SkipBadMixin, Dataset):
     """DSB2018 nuclei: ``<dataset_dir>/<id>/images/<id>.png`` and ``<id>/masks/*.png``."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.skipped = []
+        self.cache_masks = False
+        self._mask_cache = {}
 
-    def load_nucleus(self, dataset_dir, subset_ids=None, skip_bad=False, source="nucleus"):
+    def load_nucleus(self, dataset_dir, subset_ids=None, skip_bad=False, source="nucleus",
+                     cache_masks=False):
         """Register the images of ``dataset_dir`` (all, or only ``subset_ids``).
 
         Each image is added with ``id`` = the folder name, ``path`` = images/<id>.png,
         ``mask_dir`` = <id>/masks (may be absent for test images), ``height``, ``width``.
         A requested id without its image file is a bad entry.
+        cache_masks: keep each image's masks in memory after the first load_mask, as
+        bounding-box crops (a few KB per nucleus): decoding a hundred mask PNGs per image
+        at every epoch otherwise costs more CPU than a training step on small crops.
         """
+        self.cache_masks = bool(cache_masks)
         if not os.path.isdir(dataset_dir):
             raise MissingFileError("nucleus dataset folder not found: {}".format(dataset_dir))
         n_skipped_before = len(self.skipped)
@@ -766,6 +788,15 @@ class NucleusDataset(_SkipBadMixin, Dataset):
         info = self.image_info[image_id]
         if "mask_dir" not in info:
             return super().load_mask(image_id)
+        cached = self._mask_cache.get(image_id)
+        if cached is not None:
+            return _uncrop_masks(*cached)
+        masks, class_ids = self._read_masks(info)
+        if getattr(self, "cache_masks", False):
+            self._mask_cache[image_id] = _crop_masks(masks)
+        return masks, class_ids
+
+    def _read_masks(self, info):
         height, width = info["height"], info["width"]
         mask_dir = info["mask_dir"]
         if not os.path.isdir(mask_dir):
@@ -786,7 +817,7 @@ class NucleusDataset(_SkipBadMixin, Dataset):
             keep[i] = masks[:, :, i].any()
         if not keep.all():
             warnings.warn("{}: dropped {} empty mask file(s) of image id {!r}".format(
-                mask_dir, int((~keep).sum()), info["id"]), DatasetWarning, stacklevel=2)
+                mask_dir, int((~keep).sum()), info["id"]), DatasetWarning, stacklevel=3)
             masks = masks[:, :, keep]
         return masks, np.ones((masks.shape[-1],), dtype=np.int32)
 

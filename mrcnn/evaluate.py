@@ -281,6 +281,15 @@ def _empty_results(gt_coco):
     return res
 
 
+def _mean_precision(coco_eval):
+    """AP@[.50:.95], area "all", at the largest maxDets (summarize()'s stats[0])."""
+    p = coco_eval.params
+    pr = coco_eval.eval["precision"][:, :, :, list(p.areaRngLbl).index("all"),
+                                     int(np.argmax(p.maxDets))]
+    valid = pr[pr > -1]
+    return float(np.mean(valid)) if valid.size else -1.0
+
+
 def _per_class_ap(coco_eval, names):
     """Per-class AP@[.50:.95] and AP@.50 from COCOeval.eval['precision'].
 
@@ -305,13 +314,16 @@ def _per_class_ap(coco_eval, names):
     return ap, ap50
 
 
-def evaluate_detections(gt_coco, detections, iou_types=IOU_TYPES, verbose=0):
+def evaluate_detections(gt_coco, detections, iou_types=IOU_TYPES, verbose=0, max_dets=100):
     """Run COCOeval on precomputed detections.
 
     gt_coco: COCO ground truth (e.g. from build_coco_gt); every one of its images is
     evaluated. detections: list of COCO result dicts (detections_to_coco output; "segm"
     needs a "segmentation" in every entry). iou_types: subset of ("bbox", "segm").
-    verbose: print pycocotools' own output if true.
+    verbose: print pycocotools' own output if true. max_dets: detections per image that
+    count for AP (COCOeval's largest maxDets; COCO's 100). Raise it for images with more
+    objects than that (crowded nuclei: DETECTION_MAX_INSTANCES), or recall is capped; the
+    "AR100" entry is then the recall at max_dets.
 
     Returns {iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
     "ARs", "ARm", "ARl", "per_class_AP": {class name: AP@[.50:.95]}, "per_class_AP50":
@@ -353,12 +365,18 @@ def evaluate_detections(gt_coco, detections, iou_types=IOU_TYPES, verbose=0):
             res = gt_coco.loadRes(dets) if dets else _empty_results(gt_coco)
             coco_eval = COCOeval(gt_coco, res, iou_type)
             coco_eval.params.imgIds = sorted(img_ids)
+            coco_eval.params.maxDets = [1, 10, int(max_dets)]
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
         m = {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats)}
+        if int(max_dets) != 100:
+            # summarize() computes its first figure (AP) at maxDets=100 whatever the
+            # params say, which gives -1 when 100 is not among them: redo it at max_dets.
+            m["AP"] = _mean_precision(coco_eval)
         m["per_class_AP"], m["per_class_AP50"] = _per_class_ap(coco_eval, names)
         m["num_detections"] = len(dets)
+        m["max_dets"] = int(max_dets)
         metrics[iou_type] = m
     return metrics
 
@@ -381,7 +399,7 @@ def _atomic_write_json(path, obj):
 
 
 def evaluate_coco(model, dataset, image_ids=None, iou_types=IOU_TYPES, limit=None,
-                  results_json=None, verbose=1, batch_size=None):
+                  results_json=None, verbose=1, batch_size=None, max_dets=100):
     """Run ``model.detect`` over a dataset and evaluate with pycocotools and compute_ap.
 
     model: object with ``.config`` and ``.detect(images) -> list of result dicts``
@@ -391,7 +409,8 @@ def evaluate_coco(model, dataset, image_ids=None, iou_types=IOU_TYPES, limit=Non
     dataset: prepared utils.Dataset. image_ids: internal ids (default all); limit: keep the
         first ``limit`` of them. results_json: if given, the detections are written there as
         a COCO results JSON (atomically). verbose: 0 silent, 1 progress lines, 2 also
-        pycocotools' own output. Print the metrics with ``format_metrics``.
+        pycocotools' own output. max_dets: see evaluate_detections. Print the metrics
+        with ``format_metrics``.
 
     Returns evaluate_detections' dict ({iou_type: {...}}) plus "mAP50_compute_ap"
     (utils.compute_ap mAP@0.5 on masks, crowds excluded, averaged over the images that have
@@ -443,7 +462,8 @@ def evaluate_coco(model, dataset, image_ids=None, iou_types=IOU_TYPES, limit=Non
 
     if results_json:
         _atomic_write_json(results_json, detections)
-    metrics = evaluate_detections(gt, detections, iou_types, verbose=verbose >= 2)
+    metrics = evaluate_detections(gt, detections, iou_types, verbose=verbose >= 2,
+                                  max_dets=max_dets)
     metrics["mAP50_compute_ap"] = float(np.mean(image_aps)) if image_aps else float("nan")
     metrics["num_images"] = len(ids)
     metrics["num_detections"] = len(detections)

@@ -94,6 +94,50 @@ class DetectionBoxes(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
+class ValidDetectionBoxes(keras.layers.Layer):
+    """[detections [B, D, 6], boxes [B, D, 4]] -> boxes [B, n, 4], n = the batch's largest
+    number of valid detections (at least 1).
+
+    DetectionLayer sorts each image's detections by score and zero-pads after them, so
+    the first n slots hold every valid box. A trained model keeps a few detections out of
+    DETECTION_MAX_INSTANCES; the mask head, the costliest part of inference after the
+    backbone, then runs on those only.
+    """
+
+    def call(self, inputs):
+        detections, boxes = inputs
+        valid = tf.reduce_sum(tf.cast(detections[..., 4] > 0, tf.int32), axis=1)
+        count = tf.maximum(tf.reduce_max(valid), 1)
+        return boxes[:, :count]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[1][0], None, input_shape[1][2])
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class PadSlots(keras.layers.Layer):
+    """x [B, n, ...] -> [B, count, ...], zero padded after the n given slots."""
+
+    def __init__(self, count, **kwargs):
+        super().__init__(**kwargs)
+        self.count = int(count)
+
+    def call(self, x):
+        pad = tf.maximum(self.count - tf.shape(x)[1], 0)
+        paddings = tf.concat([[[0, 0], [0, pad]],
+                              tf.zeros([tf.rank(x) - 2, 2], tf.int32)], axis=0)
+        return tf.pad(x[:, :self.count], paddings)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.count) + tuple(input_shape[2:])
+
+    def get_config(self):
+        config = super().get_config()
+        config["count"] = self.count
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
 class PositiveSlots(keras.layers.Layer):
     """Keep the first ``count`` ROI slots of each target tensor.
 
@@ -183,7 +227,7 @@ def _build_graph(mode, config):
 
     # One RPN model shared across levels (Matterport's rpn_model, loadable by name).
     rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS),
-                          config.TOP_DOWN_PYRAMID_SIZE)
+                          config.TOP_DOWN_PYRAMID_SIZE, conv_dim=config.RPN_CONV_DIM)
     level_outputs = [rpn(p) for p in rpn_feature_maps]
     rpn_class_logits, rpn_class, rpn_bbox = [
         keras.layers.Concatenate(axis=1, name=n, dtype="float32")([o[i] for o in level_outputs])
@@ -237,8 +281,13 @@ def _build_graph(mode, config):
         config.NUM_STAGES - 1), name="mrcnn_detection")(
         [rois, mrcnn_class, mrcnn_bbox, input_image_meta])
     detection_boxes = DetectionBoxes(name="detection_boxes")(detections)
-    pooled_masks = mask_pool([detection_boxes, input_image_meta] + mrcnn_feature_maps)
+    mask_boxes = ValidDetectionBoxes(name="valid_detection_boxes")(
+        [detections, detection_boxes])
+    pooled_masks = mask_pool([mask_boxes, input_image_meta] + mrcnn_feature_maps)
     mrcnn_mask = mask_head_graph(pooled_masks, config, train_bn=train_bn)
+    # Back to one slot per detection row; the padded slots are zeros.
+    mrcnn_mask = PadSlots(config.DETECTION_MAX_INSTANCES, name="mrcnn_mask_slots")(
+        mrcnn_mask)
 
     return keras.Model([input_image, input_image_meta],
                        [detections, mrcnn_class, mrcnn_bbox, mrcnn_mask,

@@ -83,12 +83,13 @@ class UnflattenRois(KL.Layer):
 #  Region Proposal Network
 ############################################################
 
-def build_rpn_model(anchor_stride, anchors_per_location, depth):
+def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_dim=512):
     """Keras model of the RPN, shared by all pyramid levels (Matterport's ``rpn_model``).
 
     anchor_stride: stride of anchor positions in feature-map cells (RPN_ANCHOR_STRIDE).
     anchors_per_location: anchors per position (len(RPN_ANCHOR_RATIOS)).
     depth: channels of the feature maps (TOP_DOWN_PYRAMID_SIZE).
+    conv_dim: channels of the shared 3x3 conv (RPN_CONV_DIM; Matterport's weights: 512).
 
     Input "input_rpn_feature_map" [B, H, W, depth]; call it as ``rpn(P)``. Outputs, with
     A = ceil(H/stride) * ceil(W/stride) * anchors_per_location, anchors ordered (y, x, anchor):
@@ -97,7 +98,7 @@ def build_rpn_model(anchor_stride, anchors_per_location, depth):
         rpn_bbox         [B, A, 4] (dy, dx, log(dh), log(dw)) std-scaled deltas, float32
     """
     feature_map = keras.Input(shape=[None, None, depth], name="input_rpn_feature_map")
-    shared = KL.Conv2D(512, 3, padding="same", activation="relu", strides=anchor_stride,
+    shared = KL.Conv2D(int(conv_dim), 3, padding="same", activation="relu", strides=anchor_stride,
                        name="rpn_conv_shared")(feature_map)
     x = KL.Conv2D(2 * anchors_per_location, 1, padding="valid", name="rpn_class_raw")(shared)
     rpn_class_logits = KL.Reshape((-1, 2), dtype="float32", name="rpn_class_raw_reshape")(x)

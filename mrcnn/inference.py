@@ -140,8 +140,5 @@ def unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape,
     keep = np.where((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0)[0]
     boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
 
-    full = [utils.unmold_mask(masks[i], boxes[i], original_image_shape)
-            for i in range(len(keep))]
-    full_masks = (np.stack(full, axis=-1) if full
-                  else np.zeros(tuple(original_image_shape[:2]) + (0,), dtype=bool))
+    full_masks = utils.unmold_masks(masks, boxes, original_image_shape)
     return boxes, class_ids, scores, full_masks

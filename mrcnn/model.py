@@ -394,9 +394,12 @@ class MaskRCNN(object):
         for name, t in outputs:
             if isinstance(t, str):
                 # The mask head's last conv runs on ROIs folded into the batch; its
-                # [B, N, h, w, C] result (Matterport's "mrcnn_mask") is the unflatten layer.
+                # [B, N, h, w, C] result (Matterport's "mrcnn_mask") is the unflatten
+                # layer, padded back to one slot per detection at inference.
                 if t == "mrcnn_mask":
-                    t = "mrcnn_mask_unflatten"
+                    names = {layer.name for layer in model.layers}
+                    t = ("mrcnn_mask_slots" if "mrcnn_mask_slots" in names
+                         else "mrcnn_mask_unflatten")
                 t = model.get_layer(t).output
             tensors.append(t)
         sub = keras.Model(model.inputs, tensors)

@@ -11,6 +11,7 @@ is divided by the replica count, because gradients are summed across replicas.
 import math
 import os
 import re
+import time
 import warnings
 
 import keras
@@ -271,6 +272,43 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
                 "lower LEARNING_RATE, GRADIENT_CLIP_NORM, or check the data.".format(
                     self.epoch + 1, batch + 1, step,
                     ", ".join("{}={}".format(n, logs[n]) for n in named)))
+            self.model.stop_training = True
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Train for a wall-time budget instead of a step count.
+
+    Stops training once ``minutes`` have passed since the callback was made (checked after
+    every batch; the epoch's checkpoint is still written) and multiplies the learning rate
+    by ``decay`` once a ``decay_at`` fraction of the budget has passed: a short run gains
+    most from a final phase at a low learning rate, and a time budget does not know its
+    step count in advance. ``decay=1`` keeps the learning rate.
+    """
+
+    def __init__(self, minutes, decay_at=0.8, decay=0.1):
+        super().__init__()
+        if not minutes > 0:
+            raise ValueError("TimeBudget: minutes must be > 0, got {!r}".format(minutes))
+        if not 0 < decay_at <= 1:
+            raise ValueError("TimeBudget: decay_at must be in (0, 1], got {!r}".format(
+                decay_at))
+        start = time.time()
+        self.deadline = start + 60.0 * minutes
+        self.decay_time = start + 60.0 * minutes * decay_at
+        self.decay = float(decay)
+        self.decayed = False
+
+    def expired(self):
+        """True once the budget has passed (e.g. to skip a next training phase)."""
+        return time.time() > self.deadline
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.time()
+        if not self.decayed and self.decay != 1.0 and now > self.decay_time:
+            lr = self.model.optimizer.learning_rate
+            lr.assign(float(lr.numpy()) * self.decay)
+            self.decayed = True
+        if now > self.deadline:
             self.model.stop_training = True
 
 

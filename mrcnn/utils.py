@@ -633,26 +633,68 @@ def expand_mask(bbox, mini_mask, image_shape):
     return mask
 
 
+def linear_resize_weights(n_in, n_out):
+    """Weights of a bilinear resize along one axis, as skimage's ``resize`` (order 1, mode
+    "constant" with cval 0, no anti-aliasing) computes it.
+
+    Returns float64 [n_out, n_in]: output sample i reads input coordinate
+    (i + 0.5) * n_in / n_out - 0.5 (half-pixel centres); taps that fall outside [0, n_in)
+    read zero. ``W_y @ image @ W_x.T`` resizes a 2-D array.
+    """
+    n_in, n_out = int(n_in), int(n_out)
+    coord = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    j0 = np.floor(coord).astype(np.int64)
+    frac = coord - j0
+    # Two extra columns catch the taps at -1 and n_in, which read the zero border.
+    weights = np.zeros((n_out, n_in + 2))
+    rows = np.arange(n_out)
+    weights[rows, j0 + 1] += 1.0 - frac
+    weights[rows, j0 + 2] += frac
+    return weights[:, 1:-1]
+
+
+def unmold_masks(masks, boxes, image_shape, threshold=0.5):
+    """Fit small float masks (e.g. 28x28 from the mask head) into their boxes in the image.
+
+    masks: [N, h, w] float in [0, 1]. boxes: [N, (y1, x1, y2, x2)] pixels, y2/x2 exclusive.
+    image_shape: (H, W[, C]). Returns bool [H, W, N]: each mask resized bilinearly to its
+    box (skimage ``resize`` semantics, clipped to the mask's own value range) and
+    thresholded at ``threshold``. Parts of a box outside the image are cut off; an empty
+    box gives an empty mask. Only the box regions are written, so the cost grows with the
+    boxes' area, not with N x H x W.
+    """
+    masks = np.asarray(masks)
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    height, width = (int(s) for s in image_shape[:2])
+    out = np.zeros((height, width, masks.shape[0]), dtype=bool)
+    for i in range(masks.shape[0]):
+        y1, x1, y2, x2 = (int(v) for v in boxes[i])
+        cy1, cx1 = max(y1, 0), max(x1, 0)
+        cy2, cx2 = min(y2, height), min(x2, width)
+        if y2 <= y1 or x2 <= x1 or cy2 <= cy1 or cx2 <= cx1:
+            continue
+        m = masks[i]
+        # Only the rows and columns of the box that lie inside the image are computed.
+        wy = linear_resize_weights(m.shape[0], y2 - y1)[cy1 - y1:cy2 - y1]
+        wx = linear_resize_weights(m.shape[1], x2 - x1)[cx1 - x1:cx2 - x1]
+        resized = (wy @ m.astype(np.float64) @ wx.T).astype(np.float32)
+        # skimage clips the result to the input's range (float32 in, float32 out).
+        m32 = m.astype(np.float32)
+        resized = np.clip(resized, m32.min(), m32.max())
+        out[cy1:cy2, cx1:cx2, i] = resized >= threshold
+    return out
+
+
 def unmold_mask(mask, bbox, image_shape):
     """Fit a small float mask (e.g. 28x28 from the mask head) into its box in the image.
 
     mask: [h, w] float in [0, 1]. bbox: (y1, x1, y2, x2) pixels. image_shape: (H, W[, C]).
     Returns bool [H, W]: the mask resized (bilinear) to the box and thresholded at 0.5.
     Parts of the box outside the image are cut off; an empty box gives an empty mask.
+    (One mask of ``unmold_masks``.)
     """
-    threshold = 0.5
-    y1, x1, y2, x2 = (int(v) for v in bbox)
-    height, width = (int(s) for s in image_shape[:2])
-    full_mask = np.zeros((height, width), dtype=bool)
-    if y2 <= y1 or x2 <= x1:
-        return full_mask
-    m = resize(mask, (y2 - y1, x2 - x1)) >= threshold
-    # Paste the part of the box that lies inside the image.
-    cy1, cx1 = max(y1, 0), max(x1, 0)
-    cy2, cx2 = min(y2, height), min(x2, width)
-    if cy2 > cy1 and cx2 > cx1:
-        full_mask[cy1:cy2, cx1:cx2] = m[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
-    return full_mask
+    mask = np.asarray(mask)
+    return unmold_masks(mask[None], np.asarray(bbox)[None, :4], image_shape)[:, :, 0]
 
 
 ############################################################

@@ -437,9 +437,11 @@ def test_inference_averages_stage_scores_and_decodes_last_stage(inference_pair):
     last_only = numpy_detections(probs[2].astype(np.float64))
     assert last_only.shape != expected.shape or not np.allclose(last_only, expected)
 
-    # The mask head runs on the final detections.
+    # The mask head runs on the final detections (their valid slots).
     pooled_boxes = model.keras_model.get_layer("roi_align_mask").input[0]
-    assert pooled_boxes._keras_history.operation.name == "detection_boxes"
+    assert pooled_boxes._keras_history.operation.name == "valid_detection_boxes"
+    sliced_from = model.keras_model.get_layer("valid_detection_boxes").input[1]
+    assert sliced_from._keras_history.operation.name == "detection_boxes"
 
 
 def test_cascade_inference_time_against_plain(inference_pair, capsys):

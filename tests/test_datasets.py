@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -494,6 +495,33 @@ def test_nucleus_synthetic(tmp_path):
         ds.load_mask(1)
 
 
+def test_nucleus_mask_cache(tmp_path):
+    root = str(tmp_path)
+    rects = [(0, 0, 5, 5), (10, 10, 20, 30), (25, 0, 32, 40), (3, 3, 4, 4)]
+    write_nucleus(root, "img_a", 32, 40, rects)
+    # A non-rectangular mask too: its crop must keep the hole.
+    ring = np.zeros((32, 40), np.uint8)
+    ring[12:22, 2:9] = 255
+    ring[15:18, 4:6] = 0
+    Image.fromarray(ring).save(os.path.join(root, "img_a", "masks", "m9.png"))
+    plain = NucleusDataset()
+    plain.load_nucleus(root)
+    plain.prepare()
+    cached = NucleusDataset()
+    cached.load_nucleus(root, cache_masks=True)
+    cached.prepare()
+    expected, expected_ids = plain.load_mask(0)
+    for _ in range(2):
+        masks, class_ids = cached.load_mask(0)
+        np.testing.assert_array_equal(masks, expected)
+        np.testing.assert_array_equal(class_ids, expected_ids)
+    # The second load came from memory: the files are no longer needed ...
+    shutil.rmtree(os.path.join(root, "img_a", "masks"))
+    np.testing.assert_array_equal(cached.load_mask(0)[0], expected)
+    # ... while an uncached dataset reads them every time.
+    assert plain.load_mask(0)[0].shape == (32, 40, 0)
+
+
 def test_split_ids(tmp_path):
     ids = ["id{:02d}".format(i) for i in range(10)]
     for i in ids:
@@ -609,6 +637,16 @@ def test_sample_configs(samples):
     train_cfg, infer_cfg = nucleus.NucleusConfig(), nucleus.NucleusInferenceConfig()
     assert train_cfg.IMAGE_RESIZE_MODE == "crop" and list(train_cfg.IMAGE_SHAPE) == [256, 256, 3]
     assert infer_cfg.IMAGE_RESIZE_MODE == "pad64" and infer_cfg.BATCH_SIZE == 1
+    # The scratch model: its inference config builds the same network as its training one.
+    scratch, scratch_infer = nucleus.NucleusScratchConfig(), \
+        nucleus.NucleusScratchInferenceConfig()
+    for attr in ("NAME", "TOP_DOWN_PYRAMID_SIZE", "RPN_CONV_DIM", "MASK_HEAD_CONV_DIM",
+                 "FPN_CLASSIF_FC_LAYERS_SIZE", "BACKBONE", "TRAIN_BN"):
+        assert getattr(scratch_infer, attr) == getattr(scratch, attr), attr
+    assert scratch.OPTIMIZER == "adam" and scratch.RPN_CONV_DIM == 128
+    assert scratch_infer.IMAGE_RESIZE_MODE == "pad64" and scratch_infer.BATCH_SIZE == 1
+    with pytest.raises(SystemExit):
+        nucleus.main(["evaluate", "--weights=none"])
     cascade = samples["coco"].make_config(samples["coco"].CocoConfig, cascade=True)
     assert cascade.CASCADE and cascade.NUM_STAGES == 3 and cascade.NAME == "cascade_coco"
 

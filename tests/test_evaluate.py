@@ -274,6 +274,24 @@ def test_perfect_predictions_give_ap_one(dataset, gt):
         assert m[t]["num_detections"] == 5
 
 
+def test_max_dets_for_crowded_images():
+    # One image with 150 small squares (a crowded nuclei image), predicted perfectly:
+    # COCO's 100 detections per image cap recall at 100/150; max_dets=150 gives AP 1.
+    boxes = [(4 * (k // 15) + 1, 4 * (k % 15) + 1, 4 * (k // 15) + 4, 4 * (k % 15) + 4)
+             for k in range(150)]
+    crowded = ToyDataset([(64, 64, [(1, b) for b in boxes])])
+    gt = evaluate.build_coco_gt(crowded)
+    dets = all_detections(crowded, gt_as_predictions(crowded))
+    capped = evaluate.evaluate_detections(gt, dets, ("segm",))["segm"]
+    assert capped["AR100"] == pytest.approx(100 / 150)
+    assert capped["AP50"] < 0.7 and capped["max_dets"] == 100
+    full = evaluate.evaluate_detections(gt, dets, ("bbox", "segm"), max_dets=150)
+    for t in ("bbox", "segm"):
+        assert full[t]["AP"] == pytest.approx(1.0)   # not summarize()'s -1 at maxDets 100
+        assert full[t]["AP50"] == pytest.approx(1.0)
+        assert full[t]["AR100"] == pytest.approx(1.0) and full[t]["max_dets"] == 150
+
+
 def test_disjoint_and_empty_predictions_give_ap_zero(dataset, gt):
     # One box per image in a corner no GT touches.
     preds = [(0, 1, 0.9, (0, 50, 8, 62)), (1, 2, 0.8, (40, 0, 48, 4)),

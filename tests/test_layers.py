@@ -629,3 +629,24 @@ def test_training_path_gradients():
     grads = tape.gradient(loss, maps + [rpn_bbox])
     assert grads[-1] is None
     assert grads[0] is not None and float(tf.reduce_sum(tf.abs(grads[0]))) > 0
+
+
+def test_valid_detection_boxes_and_pad_slots():
+    from mrcnn.graph import PadSlots, ValidDetectionBoxes
+    det = np.zeros((2, 5, 6), np.float32)
+    det[0, :3, 4] = [2, 1, 3]          # image 0: three detections
+    det[1, :1, 4] = [1]                # image 1: one
+    det[..., :4] = np.random.default_rng(0).random((2, 5, 4))
+    boxes = ValidDetectionBoxes()([tf.constant(det), tf.constant(det[..., :4])]).numpy()
+    np.testing.assert_array_equal(boxes, det[:, :3, :4])
+    # No valid detection in the batch: one slot, so the mask head still has a row.
+    empty = ValidDetectionBoxes()([tf.zeros((2, 5, 6)), tf.ones((2, 5, 4))]).numpy()
+    assert empty.shape == (2, 1, 4)
+
+    x = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2) + 1
+    padded = PadSlots(5)(tf.constant(x)).numpy()
+    assert padded.shape == (2, 5, 2, 2)
+    np.testing.assert_array_equal(padded[:, :3], x)
+    assert not padded[:, 3:].any()
+    np.testing.assert_array_equal(PadSlots(2)(tf.constant(x)).numpy(), x[:, :2])
+    assert PadSlots(5).compute_output_shape((None, None, 2, 2)) == (None, 5, 2, 2)

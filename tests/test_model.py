@@ -652,6 +652,46 @@ def test_detect_batches_equal_single_and_trace_once(infer):
     assert fn.experimental_get_tracing_count() == 1
 
 
+def test_mask_head_runs_on_valid_detections_only(infer):
+    """The inference graph runs the mask head on the batch's valid detection slots, then
+    pads back to DETECTION_MAX_INSTANCES: the masks of valid rows equal the mask head
+    applied to every slot, padded rows are zeros."""
+    model = infer["b"]
+    km = model.keras_model
+    config = model.config
+    images = [shapes_image(12, 64, 64), shapes_image(13, 64, 64)]
+    molded, metas, _ = model.mold_inputs(images)
+    det_layer = km.get_layer("mrcnn_detection")
+    saved = det_layer.min_confidence
+    try:
+        scores = km([molded, metas], training=False)[0].numpy()[:, :, 5]
+        # A threshold that leaves at most 3 detections per image (eager calls read it).
+        det_layer.min_confidence = float(np.sort(scores, axis=1)[:, -4].max()) + 1e-6
+        detections, _, _, masks = [t.numpy() for t in
+                                   km([molded, metas], training=False)[:4]]
+    finally:
+        det_layer.min_confidence = saved
+    valid = (detections[:, :, 4] > 0).sum(axis=1)
+    assert valid.max() <= 3 < config.DETECTION_MAX_INSTANCES
+    assert masks.shape[1] == config.DETECTION_MAX_INSTANCES
+
+    # Reference: ROI-align and the mask head's layers applied to all D slots.
+    maps = keras.Model(km.inputs, [km.get_layer("fpn_p{}".format(i)).output
+                                   for i in range(2, 6)])([molded, metas])
+    pooled = km.get_layer("roi_align_mask")([detections[:, :, :4], metas] + list(maps))
+    x = km.get_layer("mrcnn_mask_flatten")(pooled)
+    for i in range(1, 5):
+        x = km.get_layer("mrcnn_mask_conv{}".format(i))(x)
+        x = km.get_layer("mrcnn_mask_bn{}".format(i))(x, training=False)
+        x = km.get_layer("mrcnn_mask_relu{}".format(i))(x)
+    x = km.get_layer("mrcnn_mask")(km.get_layer("mrcnn_mask_deconv")(x))
+    reference = km.get_layer("mrcnn_mask_unflatten")([x, pooled]).numpy()
+    for b in range(len(images)):
+        n = int(valid[b])
+        np.testing.assert_allclose(masks[b, :n], reference[b, :n], atol=1e-5)
+    assert not masks[:, max(int(valid.max()), 1):].any()
+
+
 @pytest.fixture(scope="module")
 def pad64(logs, infer):
     model = modellib.MaskRCNN("inference", TinyPad64Config(), logs)

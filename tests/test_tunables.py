@@ -81,6 +81,7 @@ class PLAIN(Tiny):
     MASK_SHAPE = [14, 14]
     MASK_HEAD_CONV_DIM = 32
     ROI_SAMPLING_RATIO = 1
+    RPN_CONV_DIM = 24
 
 
 class CASC(Tiny):
@@ -106,6 +107,7 @@ class CASC(Tiny):
     MASK_SHAPE = [24, 24]
     MASK_HEAD_CONV_DIM = 16
     ROI_SAMPLING_RATIO = 2
+    RPN_CONV_DIM = 12
 
 
 class R50Base(Tiny):
@@ -646,7 +648,8 @@ def test_mask_shape_sets_mask_head_and_targets(models, name):
         names = layer_names(model)
         n = (int(c.TRAIN_ROIS_PER_IMAGE * c.ROI_POSITIVE_RATIO) if mode == "training"
              else c.DETECTION_MAX_INSTANCES)
-        out = model.keras_model.get_layer("mrcnn_mask_unflatten").output
+        out = model.keras_model.get_layer("mrcnn_mask_unflatten" if mode == "training"
+                                          else "mrcnn_mask_slots").output
         assert tuple(out.shape) == (None, n, mh, mw, c.NUM_CLASSES)
         # MASK_HEAD_CONV_DIM: the width of the four convolutions and the deconvolution(s).
         net = model.keras_model
@@ -720,3 +723,14 @@ def test_bn_momentum_reaches_every_batch_norm_layer():
     bns = [l for l in model.layers if isinstance(l, _keras.layers.BatchNormalization)]
     assert len(bns) > 50
     assert {l.momentum for l in bns} == {0.8}
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_rpn_conv_dim_sets_the_shared_rpn_conv(models, name):
+    c = CONFIGS[name]()
+    for mode in ("training", "inference"):
+        rpn = models(name, mode).keras_model.get_layer("rpn_model")
+        conv = rpn.get_layer("rpn_conv_shared")
+        assert tuple(conv.kernel.shape) == (3, 3, c.TOP_DOWN_PYRAMID_SIZE, c.RPN_CONV_DIM)
+        assert tuple(rpn.get_layer("rpn_class_raw").kernel.shape)[2] == c.RPN_CONV_DIM
+    assert Config().RPN_CONV_DIM == 512   # Matterport's weight files need 512

@@ -3,6 +3,7 @@ import math
 import random
 
 import numpy as np
+import skimage.transform
 import pytest
 
 from mrcnn import utils
@@ -356,6 +357,52 @@ def test_unmold_mask():
     full = utils.unmold_mask(np.ones((4, 4), np.float32), (-2, 12, 6, 20), (16, 16))
     assert full.sum() == 6 * 4 and full[0:6, 12:16].all()
     assert not utils.unmold_mask(small, (3, 3, 3, 9), (16, 16)).any()
+
+
+
+def _skimage_unmold(mask, bbox, shape):
+    """Independent reference: scikit-image's resize of the whole box, then cut and paste."""
+    y1, x1, y2, x2 = (int(v) for v in bbox)
+    full = np.zeros(shape[:2], bool)
+    if y2 <= y1 or x2 <= x1:
+        return full
+    m = skimage.transform.resize(mask, (y2 - y1, x2 - x1), order=1, mode="constant",
+                                 anti_aliasing=False) >= 0.5
+    cy1, cx1, cy2, cx2 = max(y1, 0), max(x1, 0), min(y2, shape[0]), min(x2, shape[1])
+    if cy2 > cy1 and cx2 > cx1:
+        full[cy1:cy2, cx1:cx2] = m[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+    return full
+
+
+def test_unmold_masks_matches_skimage_resize():
+    # Random soft masks, masks with no value below the threshold (the range clip matters
+    # at the border) and binary masks (exact 0.5 ties), boxes partly outside the image.
+    rng = np.random.default_rng(1)
+    for k in range(300):
+        m = rng.random(rng.integers(1, 40, 2)).astype(np.float32)
+        if k % 3 == 1:
+            m = m * 0.3 + 0.7
+        elif k % 3 == 2:
+            m = (m > 0.5).astype(np.float32)
+        h, w = (int(v) for v in rng.integers(5, 120, 2))
+        y1, x1 = int(rng.integers(-20, h)), int(rng.integers(-20, w))
+        box = (y1, x1, y1 + int(rng.integers(0, 150)), x1 + int(rng.integers(0, 150)))
+        np.testing.assert_array_equal(utils.unmold_mask(m, box, (h, w, 3)),
+                                      _skimage_unmold(m, box, (h, w)), err_msg=str(box))
+
+
+def test_unmold_masks_stacks_each_mask_in_its_box():
+    rng = np.random.default_rng(2)
+    masks = rng.random((5, 28, 28)).astype(np.float32)
+    boxes = np.array([[0, 0, 30, 40], [10, 5, 60, 20], [50, 50, 64, 64], [3, 3, 3, 9],
+                      [-10, 40, 20, 90]])
+    out = utils.unmold_masks(masks, boxes, (64, 64, 3))
+    assert out.shape == (64, 64, 5) and out.dtype == bool
+    for i in range(5):
+        np.testing.assert_array_equal(out[:, :, i], _skimage_unmold(masks[i], boxes[i],
+                                                                    (64, 64)))
+    assert utils.unmold_masks(np.zeros((0, 28, 28)), np.zeros((0, 4)), (8, 9)).shape == (
+        8, 9, 0)
 
 
 # ---------------------------------------------------------------- AP / recall
