@@ -15,36 +15,15 @@ import numpy as np
 import pytest
 
 from mrcnn import model as modellib
-from samples.shapes import ShapesConfig, ShapesDataset
+from samples.shapes import ShapesDataset
 
 
-from tiny_models import tiny_backbone, tiny_backbone_shapes  # noqa: E402
+from tiny_models import tiny_shapes_config_class  # noqa: E402
 
 
-class MemoryConfig(ShapesConfig):
+class MemoryConfig(tiny_shapes_config_class()):
     NAME = "memory"
-    BACKBONE = staticmethod(tiny_backbone)
-    COMPUTE_BACKBONE_SHAPE = staticmethod(tiny_backbone_shapes)
-    IMAGE_MIN_DIM = 64
-    IMAGE_MAX_DIM = 64
-    IMAGES_PER_GPU = 2
-    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-    TOP_DOWN_PYRAMID_SIZE = 16
-    FPN_CLASSIF_FC_LAYERS_SIZE = 32
-    MASK_HEAD_CONV_DIM = 8
-    TRAIN_ROIS_PER_IMAGE = 16
-    RPN_TRAIN_ANCHORS_PER_IMAGE = 32
-    PRE_NMS_LIMIT = 200
-    POST_NMS_ROIS_TRAINING = 50
-    POST_NMS_ROIS_INFERENCE = 30
-    MASK_SHAPE = [14, 14]
-    MINI_MASK_SHAPE = (14, 14)
-    MASK_POOL_SIZE = 7
-    MAX_GT_INSTANCES = 4
-    DETECTION_MAX_INSTANCES = 10
-    STEPS_PER_EPOCH = 3
     VALIDATION_STEPS = 2
-    LEARNING_RATE = 0.01
 
 
 class MemoryInferenceConfig(MemoryConfig):

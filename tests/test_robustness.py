@@ -37,7 +37,7 @@ from mrcnn.inference import check_images, mold_inputs, unmold_detections
 from mrcnn.training import (CheckpointCallback, NonFiniteLossError, NonFiniteLossGuard,
                             TrainingModel)
 from mrcnn.weights import read_weight_groups
-from samples.shapes import ShapesConfig, ShapesDataset
+from samples.shapes import ShapesDataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = settings(max_examples=30, deadline=None)
@@ -64,34 +64,11 @@ def corpus_summary():
 
 
 # ---------------------------------------------------------------------------- configs
-from tiny_models import tiny_backbone, tiny_backbone_shapes  # noqa: E402
+from tiny_models import tiny_shapes_config_class  # noqa: E402
 
 
-class RobustConfig(ShapesConfig):
+class RobustConfig(tiny_shapes_config_class()):
     NAME = "robust"
-    BACKBONE = staticmethod(tiny_backbone)
-    COMPUTE_BACKBONE_SHAPE = staticmethod(tiny_backbone_shapes)
-    IMAGE_MIN_DIM = 64
-    IMAGE_MAX_DIM = 64
-    IMAGES_PER_GPU = 2
-    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-    TOP_DOWN_PYRAMID_SIZE = 16
-    FPN_CLASSIF_FC_LAYERS_SIZE = 32
-    MASK_HEAD_CONV_DIM = 8
-    TRAIN_ROIS_PER_IMAGE = 16
-    RPN_TRAIN_ANCHORS_PER_IMAGE = 32
-    PRE_NMS_LIMIT = 200
-    POST_NMS_ROIS_TRAINING = 50
-    POST_NMS_ROIS_INFERENCE = 30
-    POOL_SIZE = 7
-    MASK_POOL_SIZE = 7
-    MASK_SHAPE = [14, 14]
-    MINI_MASK_SHAPE = (14, 14)
-    MAX_GT_INSTANCES = 4
-    DETECTION_MAX_INSTANCES = 10
-    STEPS_PER_EPOCH = 3
-    VALIDATION_STEPS = 0
-    LEARNING_RATE = 0.01
 
 
 class CorpusConfig(RobustConfig):

@@ -20,3 +20,37 @@ def tiny_backbone_shapes(image_shape):
     """COMPUTE_BACKBONE_SHAPE for tiny_backbone: [[ceil(H/s), ceil(W/s)] per level]."""
     return np.array([[math.ceil(image_shape[0] / s), math.ceil(image_shape[1] / s)]
                      for s in (4, 8, 16, 32, 64)])
+
+
+def tiny_shapes_config_class():
+    """The 64-px shapes config on tiny_backbone shared by the resume, robustness and memory
+    tests (imported lazily: samples.shapes is a script module)."""
+    from samples.shapes import ShapesConfig
+
+    class TinyShapesConfig(ShapesConfig):
+        NAME = "tiny_shapes"
+        BACKBONE = staticmethod(tiny_backbone)
+        COMPUTE_BACKBONE_SHAPE = staticmethod(tiny_backbone_shapes)
+        IMAGE_MIN_DIM = 64
+        IMAGE_MAX_DIM = 64
+        IMAGES_PER_GPU = 2
+        RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+        TOP_DOWN_PYRAMID_SIZE = 16
+        FPN_CLASSIF_FC_LAYERS_SIZE = 32
+        MASK_HEAD_CONV_DIM = 8
+        TRAIN_ROIS_PER_IMAGE = 16
+        RPN_TRAIN_ANCHORS_PER_IMAGE = 32
+        PRE_NMS_LIMIT = 200
+        POST_NMS_ROIS_TRAINING = 50
+        POST_NMS_ROIS_INFERENCE = 30
+        POOL_SIZE = 7
+        MASK_POOL_SIZE = 7
+        MASK_SHAPE = [14, 14]
+        MINI_MASK_SHAPE = (14, 14)
+        MAX_GT_INSTANCES = 4
+        DETECTION_MAX_INSTANCES = 10
+        STEPS_PER_EPOCH = 3
+        VALIDATION_STEPS = 0
+        LEARNING_RATE = 0.01
+
+    return TinyShapesConfig
