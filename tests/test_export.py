@@ -14,26 +14,13 @@ from mrcnn import utils
 from mrcnn.config import Config
 from mrcnn.inference import mold_inputs, unmold_detections
 
+from tiny_models import small_resnet_config_class  # noqa: E402
 
-class ExportConfig(Config):
+
+class ExportConfig(small_resnet_config_class()):
     NAME = "export_test"
     IMAGES_PER_GPU = 2
-    NUM_CLASSES = 3
-    BACKBONE = "resnet50"
     IMAGE_RESIZE_MODE = "square"
-    IMAGE_MIN_DIM = 64
-    IMAGE_MAX_DIM = 64
-    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-    TOP_DOWN_PYRAMID_SIZE = 16
-    FPN_CLASSIF_FC_LAYERS_SIZE = 32
-    PRE_NMS_LIMIT = 200
-    POST_NMS_ROIS_TRAINING = 32
-    POST_NMS_ROIS_INFERENCE = 32
-    TRAIN_ROIS_PER_IMAGE = 16
-    MAX_GT_INSTANCES = 4
-    DETECTION_MAX_INSTANCES = 10
-    # Random weights: keep every non-background detection so the comparison has rows.
-    DETECTION_MIN_CONFIDENCE = 0.0
 
 
 def cfg(**overrides):
@@ -250,8 +237,12 @@ def test_cli(model, tmp_path, capsys):
     weights = str(tmp_path / "w.h5")
     model.save_weights(weights)
     lines = ["from mrcnn.config import Config", "", "", "class CliConfig(Config):"]
-    lines += ["    {} = {!r}".format(k, v) for k, v in vars(ExportConfig).items()
-              if k.isupper()]
+    # The attributes set by ExportConfig and its test bases (everything above Config).
+    bases = ExportConfig.__mro__[:ExportConfig.__mro__.index(Config)]
+    attrs = {}
+    for klass in reversed(bases):
+        attrs.update({k: v for k, v in vars(klass).items() if k.isupper()})
+    lines += ["    {} = {!r}".format(k, v) for k, v in attrs.items()]
     cfg_file = tmp_path / "cli_config.py"
     cfg_file.write_text("\n".join(lines) + "\n")
     out = str(tmp_path / "cli_export")

@@ -7,26 +7,13 @@ import numpy as np
 import pytest
 
 from mrcnn import utils
-from mrcnn.config import Config
+
+from tiny_models import small_resnet_config_class  # noqa: E402
 
 
-class MPConfig(Config):
+class MPConfig(small_resnet_config_class()):
     NAME = "mp_test"
     IMAGES_PER_GPU = 1
-    NUM_CLASSES = 3
-    BACKBONE = "resnet50"
-    IMAGE_MIN_DIM = 64
-    IMAGE_MAX_DIM = 64
-    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-    TOP_DOWN_PYRAMID_SIZE = 16
-    FPN_CLASSIF_FC_LAYERS_SIZE = 32
-    PRE_NMS_LIMIT = 200
-    POST_NMS_ROIS_TRAINING = 32
-    POST_NMS_ROIS_INFERENCE = 32
-    TRAIN_ROIS_PER_IMAGE = 16
-    MAX_GT_INSTANCES = 4
-    DETECTION_MAX_INSTANCES = 10
-    DETECTION_MIN_CONFIDENCE = 0.0
 
 
 def cfg(**overrides):

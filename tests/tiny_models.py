@@ -54,3 +54,29 @@ def tiny_shapes_config_class():
         LEARNING_RATE = 0.01
 
     return TinyShapesConfig
+
+
+def small_resnet_config_class():
+    """A 64-px ResNet-50 config with narrow heads and random-weight-friendly detection
+    (every non-background detection kept), shared by the export and mixed-precision tests."""
+    from mrcnn.config import Config
+
+    class SmallResNetConfig(Config):
+        NAME = "small_resnet"
+        NUM_CLASSES = 3
+        BACKBONE = "resnet50"
+        IMAGE_MIN_DIM = 64
+        IMAGE_MAX_DIM = 64
+        RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+        TOP_DOWN_PYRAMID_SIZE = 16
+        FPN_CLASSIF_FC_LAYERS_SIZE = 32
+        PRE_NMS_LIMIT = 200
+        POST_NMS_ROIS_TRAINING = 32
+        POST_NMS_ROIS_INFERENCE = 32
+        TRAIN_ROIS_PER_IMAGE = 16
+        MAX_GT_INSTANCES = 4
+        DETECTION_MAX_INSTANCES = 10
+        # Random weights: keep every non-background detection so comparisons have rows.
+        DETECTION_MIN_CONFIDENCE = 0.0
+
+    return SmallResNetConfig
