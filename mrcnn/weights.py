@@ -371,7 +371,8 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
     verbose: 0 silent, 1 print the summary, 2 also list the loaded layers.
 
     Every weight's shape is checked before anything is assigned; a layer with any
-    mismatch is skipped whole and left untouched. All values are read from the file before
+    mismatch is skipped whole and left untouched. A non-numeric weight (string, opaque
+    bytes) raises WeightsFileError naming the file, weight and layer, before any assignment. All values are read from the file before
     the first assignment, so a read error never leaves a layer half loaded.
     Returns a LoadReport. Raises FileNotFoundError / WeightsFileError naming the file when
     it is missing, not HDF5, not Keras-2 layout, or when no layer at all could be loaded
@@ -409,6 +410,14 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
                 if pairs is None:
                     break
                 for wn, var in pairs:
+                    kind = group[wn].dtype.kind
+                    if kind not in "biuf":
+                        # Strings, opaque bytes, objects: never a weight, and assigning
+                        # them would fail half-way with numpy's message.
+                        raise WeightsFileError(
+                            "{}: weight '{}' of layer '{}' is not numeric (HDF5 dtype {}); "
+                            "nothing was loaded".format(filepath, wn, unit.layer,
+                                                        group[wn].dtype))
                     fshape, mshape = tuple(group[wn].shape), tuple(var.shape)
                     if fshape != mshape:
                         mismatches.append((unit.layer, wn, fshape, mshape))

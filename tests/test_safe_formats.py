@@ -292,10 +292,6 @@ def test_hostile_h5_never_executes_code(tmp_path, where):
     assert os.path.exists(marker)
 
 
-@pytest.mark.xfail(reason="mrcnn/weights.py checks shapes but not dtypes before assigning: "
-                          "a non-numeric weight fails in var.assign with numpy's message "
-                          "(no file or layer named) after earlier layers were assigned "
-                          "(reported to the lead)", strict=False)
 @pytest.mark.parametrize("where", ["weight", "string_weight"])
 def test_non_numeric_weight_refused_by_name(tmp_path, where):
     path = str(tmp_path / "stranger.h5")
