@@ -160,7 +160,10 @@ def tfm_infer(case):
     graph_cpu = []
     graph_samples = time_calls(graph_call, r, warmup=1, cpu=graph_cpu)
 
-    out = {}
+    out = model(images, image_shape=image_shape, anchor_boxes=anchors, training=False)
+    # Detections above their score threshold; the mask head ran on all
+    # max_num_detections slots whatever this count.
+    out = {"infer_detections": float(np.mean(out["num_detections"].numpy()))}
     if case.get("serve", True):
         # Their export path: DetectionModule.serve on uint8 images (preprocess + model).
         module = detection.DetectionModule(params=cfg, batch_size=bs,
@@ -288,14 +291,16 @@ FIGURES = (("infer", "infer_graph_s"), ("infer", "infer_graph_cpu_s"),
 
 
 def compare(sizes, rounds=1, repeats=5, batch=1, tasks=("infer", "train"), log=print,
-            serve=True):
+            serve=True, overrides=None):
     """Alternate ours and theirs for every (size, task), ``rounds`` times. Returns one
-    result dict per size with both sides' figures (median over rounds) and ratios."""
+    result dict per size with both sides' figures (median over rounds) and ratios.
+    ``overrides``: {Config attribute: value} for our side only."""
     sys.path.insert(0, HERE)
     import bench_speed
     results = []
     for size in sizes:
-        case = bench_speed.make_case(size, "resnet50", batch, False, False, repeats)
+        case = bench_speed.make_case(size, "resnet50", batch, False, False, repeats,
+                                     overrides=overrides)
         case["serve"] = bool(serve)
         ours_runs, theirs_runs = {t: [] for t in tasks}, {t: [] for t in tasks}
         for rnd in range(rounds):
@@ -355,6 +360,8 @@ def format_table(results):
                   r["theirs"].get("train_step_s")),
                  ("training step CPU s/batch", r["ours"].get("train_step_cpu_s"),
                   r["theirs"].get("train_step_cpu_s")),
+                 ("detections kept per image", r["ours"].get("infer_detections"),
+                  r["theirs"].get("infer_detections")),
                  ("time to first detection s", r["ours"].get("time_to_first_detection_s"),
                   r["theirs"].get("time_to_first_detection_s")),
                  ("peak RSS inference MB", r["ours"].get("rss_infer_mb"),
@@ -374,6 +381,23 @@ def format_table(results):
                      for row in rows)
 
 
+def parse_overrides(items):
+    """["ATTR=VALUE", ...] -> {ATTR: value}; values are Python literals."""
+    import ast
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isupper():
+            raise SystemExit("--override {!r}: expected ATTR=VALUE with an uppercase Config "
+                             "attribute".format(item))
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise SystemExit("--override {!r}: {!r} is not a Python literal".format(
+                item, value))
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -386,6 +410,9 @@ def main(argv=None):
                    choices=["infer", "train"])
     p.add_argument("--no-serve", action="store_true",
                    help="skip Model Garden's DetectionModule.serve figure (saves a trace)")
+    p.add_argument("--override", action="append", default=[], metavar="ATTR=VALUE",
+                   help="our Config attribute for this run (Python literal), e.g. "
+                        "RPN_CONV_DIM=256 or DETECTION_MIN_CONFIDENCE=0.05; repeatable")
     p.add_argument("--setup-only", action="store_true", help="create the venv and exit")
     p.add_argument("--json-out")
     p.add_argument("--tfm-worker", help=argparse.SUPPRESS)
@@ -407,8 +434,11 @@ def main(argv=None):
     info = bench_speed.machine_info()
     print("machine: {} ({} cores), python {}".format(info["cpu"], info["cores"],
                                                      info["python"]), flush=True)
+    overrides = parse_overrides(args.override)
+    if overrides:
+        print("our config overrides:", overrides, flush=True)
     results = compare(args.sizes, args.rounds, args.repeats, args.batch, args.tasks,
-                      serve=not args.no_serve)
+                      serve=not args.no_serve, overrides=overrides)
     for r in results:
         r["machine"] = info
         print(JSON_PREFIX + json.dumps(r), flush=True)

@@ -83,13 +83,15 @@ class UnflattenRois(KL.Layer):
 #  Region Proposal Network
 ############################################################
 
-def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_dim=512):
+def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_dim=512, init_std=None):
     """Keras model of the RPN, shared by all pyramid levels (Matterport's ``rpn_model``).
 
     anchor_stride: stride of anchor positions in feature-map cells (RPN_ANCHOR_STRIDE).
     anchors_per_location: anchors per position (len(RPN_ANCHOR_RATIOS)).
     depth: channels of the feature maps (TOP_DOWN_PYRAMID_SIZE).
     conv_dim: channels of the shared 3x3 conv (RPN_CONV_DIM; Matterport's weights: 512).
+    init_std: None = Keras' default initialisers; a number = every conv kernel drawn from
+        N(0, init_std) and zero biases (RPN_INIT_STD).
 
     Input "input_rpn_feature_map" [B, H, W, depth]; call it as ``rpn(P)``. Outputs, with
     A = ceil(H/stride) * ceil(W/stride) * anchors_per_location, anchors ordered (y, x, anchor):
@@ -97,14 +99,19 @@ def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_dim=512):
         rpn_probs        [B, A, 2] softmax, float32
         rpn_bbox         [B, A, 4] (dy, dx, log(dh), log(dw)) std-scaled deltas, float32
     """
+    init = {} if init_std is None else dict(
+        kernel_initializer=keras.initializers.RandomNormal(stddev=float(init_std)),
+        bias_initializer="zeros")
     feature_map = keras.Input(shape=[None, None, depth], name="input_rpn_feature_map")
     shared = KL.Conv2D(int(conv_dim), 3, padding="same", activation="relu", strides=anchor_stride,
-                       name="rpn_conv_shared")(feature_map)
-    x = KL.Conv2D(2 * anchors_per_location, 1, padding="valid", name="rpn_class_raw")(shared)
+                       name="rpn_conv_shared", **init)(feature_map)
+    x = KL.Conv2D(2 * anchors_per_location, 1, padding="valid", name="rpn_class_raw",
+                  **init)(shared)
     rpn_class_logits = KL.Reshape((-1, 2), dtype="float32", name="rpn_class_raw_reshape")(x)
     rpn_probs = KL.Activation("softmax", dtype="float32", name="rpn_class_xxx")(
         rpn_class_logits)
-    x = KL.Conv2D(4 * anchors_per_location, 1, padding="valid", name="rpn_bbox_pred")(shared)
+    x = KL.Conv2D(4 * anchors_per_location, 1, padding="valid", name="rpn_bbox_pred",
+                  **init)(shared)
     rpn_bbox = KL.Reshape((-1, 4), dtype="float32", name="rpn_bbox_pred_reshape")(x)
     # A single (non-list) input, so the model is called per level as rpn(P) without a
     # Keras input-structure warning.

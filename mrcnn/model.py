@@ -27,9 +27,9 @@ from mrcnn.graph import (INFERENCE_OUTPUTS, TRAINING_EXTRA_OUTPUTS, build_graph,
 from mrcnn.imagemeta import (compose_image_meta, mold_image, parse_image_meta,  # noqa: F401
                              parse_image_meta_graph, unmold_image)
 from mrcnn.inference import check_images, mold_inputs, unmold_detections
-from mrcnn.training import (CheckpointCallback, NonFiniteLossError, NonFiniteLossGuard,
-                            TrainingModel, frozen_stage_regex, make_optimizer,
-                            resolve_layers, set_trainable)
+from mrcnn.training import (CheckpointCallback, LearningRateWarmup, NonFiniteLossError,
+                            NonFiniteLossGuard, TrainingModel, frozen_stage_regex,
+                            make_optimizer, resolve_layers, set_trainable)
 from mrcnn.utils import compute_backbone_shapes  # noqa: F401  (Matterport's name)
 
 log = logging.getLogger("mrcnn")
@@ -216,6 +216,10 @@ class MaskRCNN(object):
                 CheckpointCallback(self.keras_model, self.checkpoint_path, verbose=verbose),
             ]
         callbacks += data.skip_report_callbacks(train_ds, val_ds)
+        if self.config.LEARNING_RATE_WARMUP_STEPS:
+            callbacks.append(LearningRateWarmup(self.config.LEARNING_RATE_WARMUP_STEPS,
+                                                learning_rate,
+                                                self.config.LEARNING_RATE_WARMUP_FACTOR))
         callbacks += list(custom_callbacks or [])
 
         if verbose:

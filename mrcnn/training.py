@@ -275,6 +275,38 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class LearningRateWarmup(keras.callbacks.Callback):
+    """Linear learning-rate warm-up: at optimizer step ``i < steps`` the rate is
+    ``learning_rate * (factor + (1 - factor) * i / steps)``, then ``learning_rate``.
+
+    Counts the optimizer's own steps (``optimizer.iterations``), so it restarts with every
+    new optimizer (each MaskRCNN.train() call compiles one). Sets the rate before each
+    batch only while warming up: later changes (TimeBudget's decay) are left alone.
+    """
+
+    def __init__(self, steps, learning_rate, factor=0.001):
+        super().__init__()
+        if not int(steps) >= 0:
+            raise ValueError("LearningRateWarmup: steps must be >= 0, got {!r}".format(steps))
+        if not 0 < factor <= 1:
+            raise ValueError("LearningRateWarmup: factor must be in (0, 1], got {!r}".format(
+                factor))
+        self.steps = int(steps)
+        self.learning_rate = float(learning_rate)
+        self.factor = float(factor)
+
+    def rate(self, step):
+        """Learning rate at optimizer step ``step`` (0-based)."""
+        if step >= self.steps:
+            return self.learning_rate
+        return self.learning_rate * (self.factor + (1.0 - self.factor) * step / self.steps)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step <= self.steps:
+            self.model.optimizer.learning_rate.assign(self.rate(step))
+
+
 class TimeBudget(keras.callbacks.Callback):
     """Train for a wall-time budget instead of a step count.
 

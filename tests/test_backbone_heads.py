@@ -310,6 +310,23 @@ def test_rpn_model_names_anchor_count_and_order():
                                rtol=1e-5, atol=1e-6)
 
 
+def test_rpn_init_std_draws_normal_kernels_and_zero_biases():
+    keras.utils.set_random_seed(0)
+    rpn = heads.build_rpn_model(1, 3, 64, conv_dim=256, init_std=0.01)
+    for name in ("rpn_conv_shared", "rpn_class_raw", "rpn_bbox_pred"):
+        kernel, bias = rpn.get_layer(name).get_weights()
+        assert np.all(bias == 0), name
+        assert abs(kernel.mean()) < 0.002 and 0.008 < kernel.std() < 0.012, (name, kernel.std())
+    # The shared conv has 147,456 weights: its std is 0.01 to well within 1%.
+    shared = rpn.get_layer("rpn_conv_shared").get_weights()[0]
+    assert shared.std() == pytest.approx(0.01, rel=0.01)
+    # Default (None): Keras' Glorot-uniform, bounded by sqrt(6 / (fan_in + fan_out)).
+    default = heads.build_rpn_model(1, 3, 64, conv_dim=256)
+    kernel = default.get_layer("rpn_conv_shared").get_weights()[0]
+    limit = np.sqrt(6.0 / (9 * 64 + 9 * 256))
+    assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit
+
+
 def test_rpn_anchor_stride_2():
     rpn = heads.build_rpn_model(anchor_stride=2, anchors_per_location=3, depth=4)
     out = rpn(np.zeros((1, 8, 8, 4), "float32"))

@@ -51,6 +51,8 @@ def test_tiny_run_prints_one_json_line_with_every_figure(tiny_run):
             assert res[key] > 0, key
     # One trace serves detect() and the repeated graph calls.
     assert res["infer_traces"] == 1
+    # Detections kept: a count, at most the tiny config's DETECTION_MAX_INSTANCES (8).
+    assert 0 <= res["infer_detections"] <= 8
     assert res["train_loss_finite"] is True
     # The derived ratios are what they claim.
     assert res["infer_over_backbone_xla"] == pytest.approx(
@@ -140,6 +142,15 @@ def test_model_garden_merge_takes_medians_over_rounds_and_ratios():
     table = bench_model_garden.format_table([res]).splitlines()
     row = [line for line in table if "inference graph" in line][0]
     assert row.split()[-3:] == ["2.000", "4.000", "0.50"]
+
+
+def test_model_garden_overrides_are_parsed_as_literals():
+    assert bench_model_garden.parse_overrides(
+        ["RPN_CONV_DIM=256", "DETECTION_MIN_CONFIDENCE=0.05", "MIXED_PRECISION=None"]) == {
+            "RPN_CONV_DIM": 256, "DETECTION_MIN_CONFIDENCE": 0.05, "MIXED_PRECISION": None}
+    for bad in ("rpn_conv_dim=256", "RPN_CONV_DIM", "RPN_CONV_DIM=two fifty"):
+        with pytest.raises(SystemExit, match="--override"):
+            bench_model_garden.parse_overrides([bad])
 
 
 def test_model_garden_experiment_settings_are_written_as_the_issue_asks():
