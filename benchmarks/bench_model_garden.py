@@ -381,23 +381,6 @@ def format_table(results):
                      for row in rows)
 
 
-def parse_overrides(items):
-    """["ATTR=VALUE", ...] -> {ATTR: value}; values are Python literals."""
-    import ast
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isupper():
-            raise SystemExit("--override {!r}: expected ATTR=VALUE with an uppercase Config "
-                             "attribute".format(item))
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise SystemExit("--override {!r}: {!r} is not a Python literal".format(
-                item, value))
-    return out
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -410,9 +393,9 @@ def main(argv=None):
                    choices=["infer", "train"])
     p.add_argument("--no-serve", action="store_true",
                    help="skip Model Garden's DetectionModule.serve figure (saves a trace)")
-    p.add_argument("--override", action="append", default=[], metavar="ATTR=VALUE",
-                   help="our Config attribute for this run (Python literal), e.g. "
-                        "RPN_CONV_DIM=256 or DETECTION_MIN_CONFIDENCE=0.05; repeatable")
+    p.add_argument("--set", nargs="*", default=[], metavar="ATTR=VALUE",
+                   help="our side's Config overrides (as bench_speed.py --set), e.g. "
+                        "RPN_CONV_DIM=256 DETECTION_MIN_CONFIDENCE=0.05")
     p.add_argument("--setup-only", action="store_true", help="create the venv and exit")
     p.add_argument("--json-out")
     p.add_argument("--tfm-worker", help=argparse.SUPPRESS)
@@ -434,7 +417,7 @@ def main(argv=None):
     info = bench_speed.machine_info()
     print("machine: {} ({} cores), python {}".format(info["cpu"], info["cores"],
                                                      info["python"]), flush=True)
-    overrides = parse_overrides(args.override)
+    overrides = bench_speed.parse_overrides(args.set)
     if overrides:
         print("our config overrides:", overrides, flush=True)
     results = compare(args.sizes, args.rounds, args.repeats, args.batch, args.tasks,

@@ -572,6 +572,23 @@ def make_case(size, backbone="resnet50", batch=1, cascade=False, tiny=False, rep
             "repeats": int(repeats)}
 
 
+def parse_overrides(items):
+    """["ATTR=VALUE", ...] (the --set option) -> {ATTR: value}. Values are Python
+    literals, or plain strings when they do not parse (MIXED_PRECISION=mixed_bfloat16)."""
+    import ast
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isupper():
+            raise SystemExit("--set {!r}: expected ATTR=VALUE with an uppercase Config "
+                             "attribute".format(item))
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
 def machine_info():
     """CPU model and core count (lscpu's 'Model name'), Python and library versions."""
     model = platform.processor() or "unknown"
@@ -658,14 +675,7 @@ def main(argv=None):
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return 0
 
-    import ast
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[key] = value
+    overrides = parse_overrides(args.set)
     repeats = args.repeats or (2 if args.tiny else 5)
     if repeats < 1:
         p.error("--repeats must be >= 1")
