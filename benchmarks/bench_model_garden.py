@@ -160,10 +160,10 @@ def tfm_infer(case):
     graph_cpu = []
     graph_samples = time_calls(graph_call, r, warmup=1, cpu=graph_cpu)
 
-    out = model(images, image_shape=image_shape, anchor_boxes=anchors, training=False)
+    final = model(images, image_shape=image_shape, anchor_boxes=anchors, training=False)
     # Detections above their score threshold; the mask head ran on all
     # max_num_detections slots whatever this count.
-    out = {"infer_detections": float(np.mean(out["num_detections"].numpy()))}
+    out = {"infer_detections": float(np.mean(final["num_detections"].numpy()))}
     if case.get("serve", True):
         # Their export path: DetectionModule.serve on uint8 images (preprocess + model).
         module = detection.DetectionModule(params=cfg, batch_size=bs,

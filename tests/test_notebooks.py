@@ -254,7 +254,7 @@ def test_inspect_model(trained, logs):
     assert run.find(r"masks\s+(\(.*\))").group(1) == "(1, {0}, {1}, {1}, {2})".format(
         DETECTION_MAX_INSTANCES, MASK_SIZE, NUM_CLASSES)
     # The numpy re-implementation of the ProposalLayer reproduces the graph's proposals.
-    m = run.find(r"the first (\d+) agree to 1e-3 in (\d+) places")
+    m = run.find(r"of the first (\d+) numpy proposals (\d+) are graph proposals")
     compared, agree = int(m.group(1)), int(m.group(2))
     assert compared > 0 and agree >= 0.9 * compared
     assert run.count("image/png") >= 6
