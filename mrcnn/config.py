@@ -225,6 +225,13 @@ class Config(object):
         if not ok:
             self._fail(attr, "must be an integer {} 0".format(">=" if allow_zero else ">"))
 
+    def _optional_positive(self, attr):
+        """attr must be None or a finite real number > 0 (not a bool)."""
+        v = getattr(self, attr)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or
+                              not math.isfinite(v) or not v > 0):
+            self._fail(attr, "must be a number > 0 or None")
+
     def _fraction(self, attr, low=0.0, high=1.0, low_open=False):
         v = getattr(self, attr)
         if not isinstance(v, numbers.Real) or not (low < v if low_open else low <= v) \
@@ -256,11 +263,8 @@ class Config(object):
         self._number_list("CASCADE_IOUS")
         self._number_list("CASCADE_STAGE_WEIGHTS", positive=False)
         self._number_list("MEAN_PIXEL", positive=False)
-        if self.GRADIENT_CLIP_NORM is not None and (
-                isinstance(self.GRADIENT_CLIP_NORM, bool) or
-                not isinstance(self.GRADIENT_CLIP_NORM, numbers.Real) or
-                not math.isfinite(self.GRADIENT_CLIP_NORM)):
-            self._fail("GRADIENT_CLIP_NORM", "must be a number > 0 or None")
+        self._optional_positive("GRADIENT_CLIP_NORM")
+        self._optional_positive("RPN_INIT_STD")
         for attr in ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "NUM_CLASSES",
                      "TOP_DOWN_PYRAMID_SIZE", "FPN_CLASSIF_FC_LAYERS_SIZE",
                      "BOX_HEAD_CONV_DIM", "BOX_HEAD_NUM_FCS", "MASK_HEAD_CONV_DIM",
@@ -271,11 +275,6 @@ class Config(object):
                      "TRAIN_ROIS_PER_IMAGE", "POOL_SIZE", "MASK_POOL_SIZE",
                      "ROI_SAMPLING_RATIO", "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES"):
             self._positive_int(attr)
-        if self.RPN_INIT_STD is not None and (
-                isinstance(self.RPN_INIT_STD, bool) or
-                not isinstance(self.RPN_INIT_STD, numbers.Real) or
-                not math.isfinite(self.RPN_INIT_STD) or not self.RPN_INIT_STD > 0):
-            self._fail("RPN_INIT_STD", "must be None or a number > 0")
         for attr in ("VALIDATION_STEPS", "BOX_HEAD_NUM_CONVS", "IMAGE_MIN_DIM"):
             self._positive_int(attr, allow_zero=True)
 
@@ -371,8 +370,6 @@ class Config(object):
         self._fraction("LEARNING_RATE_WARMUP_FACTOR", low_open=True)
         if str(self.OPTIMIZER).lower() not in ("sgd", "adam"):
             self._fail("OPTIMIZER", "must be 'sgd' or 'adam'")
-        if self.GRADIENT_CLIP_NORM is not None and not self.GRADIENT_CLIP_NORM > 0:
-            self._fail("GRADIENT_CLIP_NORM", "must be > 0 or None")
 
         self._validate_cascade()
 
