@@ -578,21 +578,47 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
     return image.astype(image_dtype), window, scale, padding, crop
 
 
+def _zoom_rows(n_in, scale):
+    """Source index of each output row of scipy.ndimage.zoom(order=0) along an axis of
+    n_in pixels: int64 [round(n_in * scale)], -1 where zoom reads outside the input (its
+    last coordinate can round past the edge when shrinking) and so writes 0. Order-0
+    zoom maps each axis on its own, so zooming arange(n_in) gives exactly the rows a
+    zoom of the whole array picks."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return scipy.ndimage.zoom(np.arange(n_in, dtype=np.int64), scale, order=0,
+                                  mode="constant", cval=-1)
+
+
+def _gather_zoom(mask, rows, cols):
+    """mask[rows][:, cols] with rows / columns of index -1 set to 0."""
+    out = mask[np.maximum(rows, 0)][:, np.maximum(cols, 0)]
+    out[rows < 0] = 0
+    out[:, cols < 0] = 0
+    return out
+
+
 def resize_mask(mask, scale, padding, crop=None):
     """Resize masks with the scale / padding / crop returned by resize_image.
 
     mask: [H, W, N] (or [H, W]). Nearest-neighbour zoom (scipy.ndimage.zoom, order 0, as
     Matterport) to round(H * scale) x round(W * scale), then the crop if given, else the
     padding. Returns the same dtype.
+    The zoom is done as a gather of source rows and columns (identical to zooming the
+    array), and with a crop only the cropped rows and columns are gathered: upscaling a
+    stack of hundreds of full-image masks and then keeping a small crop would cost far
+    more than the training step it feeds.
     """
     mask = np.asarray(mask)
-    zoom = [scale, scale] + [1] * (mask.ndim - 2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mask = scipy.ndimage.zoom(mask, zoom=zoom, order=0)
     if crop is not None:
         y, x, h, w = crop
-        return mask[y:y + h, x:x + w]
+        if scale == 1:
+            return mask[y:y + h, x:x + w]
+        rows, cols = _zoom_rows(mask.shape[0], scale), _zoom_rows(mask.shape[1], scale)
+        return _gather_zoom(mask, rows[y:y + h], cols[x:x + w])
+    if scale != 1:
+        mask = _gather_zoom(mask, _zoom_rows(mask.shape[0], scale),
+                            _zoom_rows(mask.shape[1], scale))
     return np.pad(mask, _pad_for(padding, mask.ndim), mode="constant", constant_values=0)
 
 

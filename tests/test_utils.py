@@ -325,6 +325,25 @@ def test_resize_mask_scale_1_is_padding_only():
     assert out.sum() == mask.sum()
 
 
+@pytest.mark.parametrize("scale", [2.0, 1.5, 0.5, 0.37, 3.3, 64 / 48, 1388 / 1040])
+def test_resize_mask_equals_scipy_zoom_then_crop_or_pad(scale):
+    # The gather must reproduce Matterport's zoom-whole-stack-then-crop exactly, on
+    # random (not just rectangular) masks, for odd sizes and awkward scales.
+    import scipy.ndimage
+    rng = np.random.default_rng(int(scale * 1000))
+    for shape in [(48, 80, 3), (37, 23, 2), (1, 9, 1), (61, 61, 4)]:
+        mask = rng.random(shape) > 0.6
+        ref = scipy.ndimage.zoom(mask, [scale, scale, 1], order=0)
+        padding = [(3, 1), (0, 5), (0, 0)]
+        np.testing.assert_array_equal(utils.resize_mask(mask, scale, padding),
+                                      np.pad(ref, padding))
+        h, w = ref.shape[:2]
+        for y, x in [(0, 0), (h // 3, w // 2), (h - min(h, 7), w - min(w, 5))]:
+            crop = (y, x, min(h, 7), min(w, 5))
+            np.testing.assert_array_equal(utils.resize_mask(mask, scale, padding, crop),
+                                          ref[y:y + crop[2], x:x + crop[3]])
+
+
 # ---------------------------------------------------------------- masks
 
 def test_minimize_expand_round_trip_rectangle():
