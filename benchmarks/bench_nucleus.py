@@ -32,14 +32,24 @@ def main():
     p.add_argument("--dataset", default=nucleus.DEFAULT_DATASET)
     p.add_argument("--logs", default=None)
     p.add_argument("--limit", type=int, default=None, help="validation images to evaluate")
+    p.add_argument("--set", nargs="*", default=[], metavar="ATTR=VALUE",
+                   help="Config overrides for training and inference (Python literals, as "
+                        "bench_speed.py --set), e.g. IMAGE_MIN_SCALE=2.0")
+    p.add_argument("--train-set", nargs="*", default=[], metavar="ATTR=VALUE",
+                   help="Config overrides for training only, e.g. "
+                        "MIXED_PRECISION=mixed_bfloat16 (evaluation stays float32)")
     args = p.parse_args()
+    from bench_speed import parse_overrides
+    overrides = parse_overrides(args.set)
+    train_overrides = dict(overrides, **parse_overrides(args.train_set))
 
     from mrcnn import model as modellib
     from mrcnn.evaluate import (build_coco_gt, evaluate_coco, evaluate_detections,
                                 format_metrics)
 
     logs = args.logs or tempfile.mkdtemp(prefix="bench_nucleus_")
-    config = nucleus.NucleusScratchConfig()
+    # Overrides as subclass attributes, so values Config derives in __init__ follow them.
+    config = type("Bench", (nucleus.NucleusScratchConfig,), train_overrides)()
     model = modellib.MaskRCNN("training", config, logs)
     t0 = time.time()
     nucleus.train(model, config, args.dataset, "train", scratch=True,
@@ -47,7 +57,9 @@ def main():
     train_min = (time.time() - t0) / 60
     weights = model.find_last()
 
-    infer = modellib.MaskRCNN("inference", nucleus.NucleusScratchInferenceConfig(), logs)
+    infer_config = type("BenchInference", (nucleus.NucleusScratchInferenceConfig,),
+                        overrides)()
+    infer = modellib.MaskRCNN("inference", infer_config, logs)
     infer.load_weights(weights, by_name=True, verbose=0)
     val_ds = nucleus.NucleusDataset()
     val_ds.load_nucleus(args.dataset, "val")
@@ -73,6 +85,7 @@ def main():
                "segm_AP50_maxdets100": round(float(capped["AP50"]), 4),
                "segm_AP": round(float(metrics["segm"]["AP"]), 4),
                "bbox_AP50": round(float(metrics["bbox"]["AP50"]), 4),
+               "overrides": overrides, "train_overrides": train_overrides,
                "weights": weights}
     print("segm AP@0.5 on the validation split: {:.3f} with up to {} detections per image "
           "({:.3f} at COCO's 100) (trained {:.1f} min)".format(

@@ -27,7 +27,8 @@ from mrcnn import data, utils
 from mrcnn import model as modellib
 from mrcnn.imagemeta import mold_image
 from mrcnn.training import resolve_layers
-from samples.shapes import ShapesConfig, ShapesDataset
+from samples.shapes import ShapesDataset
+from tiny_models import shapes_64px_config_class
 
 pytestmark = pytest.mark.slow   # builds and traces ResNet-50 models: ~95 s CPU in all
 
@@ -39,29 +40,7 @@ HEADS_RE = re.compile(r"(mrcnn_.*)|(rpn_.*)|(fpn_.*)")
 TIMINGS = {}
 
 
-class TinyConfig(ShapesConfig):
-    """64-px images, batch 2, narrow heads: the smallest useful Mask R-CNN."""
-    NAME = "tiny"
-    IMAGE_MIN_DIM = 64
-    IMAGE_MAX_DIM = 64
-    IMAGES_PER_GPU = 2
-    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-    TOP_DOWN_PYRAMID_SIZE = 32
-    FPN_CLASSIF_FC_LAYERS_SIZE = 64
-    TRAIN_ROIS_PER_IMAGE = 16
-    RPN_TRAIN_ANCHORS_PER_IMAGE = 32
-    PRE_NMS_LIMIT = 200
-    POST_NMS_ROIS_TRAINING = 50
-    POST_NMS_ROIS_INFERENCE = 30
-    POOL_SIZE = 7
-    MASK_POOL_SIZE = 7
-    MASK_SHAPE = [14, 14]
-    MINI_MASK_SHAPE = (14, 14)
-    MAX_GT_INSTANCES = 4
-    DETECTION_MAX_INSTANCES = 10
-    STEPS_PER_EPOCH = 2
-    VALIDATION_STEPS = 1
-    LEARNING_RATE = 0.01
+TinyConfig = shapes_64px_config_class()
 
 
 class TinyInferenceConfig(TinyConfig):

@@ -22,22 +22,20 @@ def tiny_backbone_shapes(image_shape):
                      for s in (4, 8, 16, 32, 64)])
 
 
-def tiny_shapes_config_class():
-    """The 64-px shapes config on tiny_backbone shared by the resume, robustness and memory
-    tests (imported lazily: samples.shapes is a script module)."""
+def shapes_64px_config_class():
+    """The 64-px shapes config (ShapesConfig's backbone) with narrow heads and small
+    proposal / ROI counts: the smallest useful Mask R-CNN (imported lazily:
+    samples.shapes is a script module)."""
     from samples.shapes import ShapesConfig
 
-    class TinyShapesConfig(ShapesConfig):
-        NAME = "tiny_shapes"
-        BACKBONE = staticmethod(tiny_backbone)
-        COMPUTE_BACKBONE_SHAPE = staticmethod(tiny_backbone_shapes)
+    class Shapes64Config(ShapesConfig):
+        NAME = "tiny"
         IMAGE_MIN_DIM = 64
         IMAGE_MAX_DIM = 64
         IMAGES_PER_GPU = 2
         RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-        TOP_DOWN_PYRAMID_SIZE = 16
-        FPN_CLASSIF_FC_LAYERS_SIZE = 32
-        MASK_HEAD_CONV_DIM = 8
+        TOP_DOWN_PYRAMID_SIZE = 32
+        FPN_CLASSIF_FC_LAYERS_SIZE = 64
         TRAIN_ROIS_PER_IMAGE = 16
         RPN_TRAIN_ANCHORS_PER_IMAGE = 32
         PRE_NMS_LIMIT = 200
@@ -49,9 +47,26 @@ def tiny_shapes_config_class():
         MINI_MASK_SHAPE = (14, 14)
         MAX_GT_INSTANCES = 4
         DETECTION_MAX_INSTANCES = 10
+        STEPS_PER_EPOCH = 2
+        VALIDATION_STEPS = 1
+        LEARNING_RATE = 0.01
+
+    return Shapes64Config
+
+
+def tiny_shapes_config_class():
+    """shapes_64px_config_class on tiny_backbone with still narrower heads, shared by the
+    resume, robustness, warm-up and memory tests."""
+
+    class TinyShapesConfig(shapes_64px_config_class()):
+        NAME = "tiny_shapes"
+        BACKBONE = staticmethod(tiny_backbone)
+        COMPUTE_BACKBONE_SHAPE = staticmethod(tiny_backbone_shapes)
+        TOP_DOWN_PYRAMID_SIZE = 16
+        FPN_CLASSIF_FC_LAYERS_SIZE = 32
+        MASK_HEAD_CONV_DIM = 8
         STEPS_PER_EPOCH = 3
         VALIDATION_STEPS = 0
-        LEARNING_RATE = 0.01
 
     return TinyShapesConfig
 
