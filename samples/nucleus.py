@@ -34,7 +34,7 @@ if ROOT_DIR not in sys.path:
     sys.path.insert(0, ROOT_DIR)
 
 from mrcnn import datasets, utils  # noqa: E402
-from mrcnn.config import Config  # noqa: E402
+from mrcnn.config import Config, cpu_supports_bfloat16  # noqa: E402
 
 COCO_WEIGHTS_PATH = os.path.join(ROOT_DIR, "mask_rcnn_coco.h5")
 DEFAULT_LOGS_DIR = os.path.join(ROOT_DIR, "logs")
@@ -128,9 +128,13 @@ class NucleusScratchConfig(NucleusConfig):
     A 256-px crop holds tens of nuclei: 256 RPN anchors per image (detectron2's count;
     Matterport's nucleus config: 64) and 200 ROIs raised segm AP@0.5 from 0.532 to 0.579
     in the same 30 minutes; 256 ROIs and Adam at 5e-4 (the RPN stays active after the
-    warm-up) to 0.588.
+    warm-up) to 0.588. Training in bfloat16 on a CPU that does it natively (AVX512-BF16,
+    AMX or Arm bf16; this machine: AVX512-BF16) makes a step 1.37x faster (0.98 -> 0.71 s):
+    22 instead of 14 epochs in 30 minutes, 0.616. Elsewhere float32 (emulated bf16 would be
+    slower). Weights stay float32 either way, and evaluation runs in float32.
     """
     NAME = "nucleus_scratch"
+    MIXED_PRECISION = "mixed_bfloat16" if cpu_supports_bfloat16() else None
     TRAIN_BN = True
     BN_MOMENTUM = 0.9
     OPTIMIZER = "adam"
@@ -147,7 +151,8 @@ class NucleusScratchConfig(NucleusConfig):
 
 
 class NucleusScratchInferenceConfig(_WholeImageInference, NucleusScratchConfig):
-    """NucleusScratchConfig for detection on whole images."""
+    """NucleusScratchConfig for detection on whole images, in float32 (as evaluated)."""
+    MIXED_PRECISION = None
 
 
 def make_config(config_class, cascade=False):

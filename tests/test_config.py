@@ -340,3 +340,19 @@ def test_apply_preset_to_cascade_keeps_cascade():
     c = apply_preset_r50_fpn(CascadeConfig)()
     assert c.CASCADE is True and c.NUM_STAGES == 3
     assert c.BACKBONE == "resnet50" and c.ROI_SAMPLING_RATIO == 2
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n", True),
+    ("processor\t: 0\nflags\t\t: fpu sse amx_tile amx_bf16\n", True),
+    ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n", False),
+    ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),   # Arm
+    ("processor\t: 0\nFeatures\t: fp asimd\nmodel name\t: bf16 lookalike\n", False),
+])
+def test_cpu_supports_bfloat16_reads_the_flags(tmp_path, text, expected):
+    from mrcnn.config import cpu_supports_bfloat16
+    path = tmp_path / "cpuinfo"
+    path.write_text(text)
+    assert cpu_supports_bfloat16(str(path)) is expected
+    assert cpu_supports_bfloat16(str(tmp_path / "missing")) is False
+

@@ -644,6 +644,10 @@ def test_sample_configs(samples):
                  "FPN_CLASSIF_FC_LAYERS_SIZE", "BACKBONE", "TRAIN_BN"):
         assert getattr(scratch_infer, attr) == getattr(scratch, attr), attr
     assert scratch.OPTIMIZER == "adam" and scratch.RPN_CONV_DIM == 128
+    # Trains in bfloat16 only where the CPU does it natively; evaluates in float32.
+    from mrcnn.config import cpu_supports_bfloat16
+    assert scratch.MIXED_PRECISION == ("mixed_bfloat16" if cpu_supports_bfloat16() else None)
+    assert scratch_infer.MIXED_PRECISION is None
     assert scratch_infer.IMAGE_RESIZE_MODE == "pad64" and scratch_infer.BATCH_SIZE == 1
     with pytest.raises(SystemExit):
         nucleus.main(["evaluate", "--weights=none"])
