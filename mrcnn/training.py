@@ -294,6 +294,7 @@ class LearningRateWarmup(keras.callbacks.Callback):
         self.steps = int(steps)
         self.learning_rate = float(learning_rate)
         self.factor = float(factor)
+        self._done = False
 
     def rate(self, step):
         """Learning rate at optimizer step ``step`` (0-based)."""
@@ -302,9 +303,13 @@ class LearningRateWarmup(keras.callbacks.Callback):
         return self.learning_rate * (self.factor + (1.0 - self.factor) * step / self.steps)
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self._done:    # no device-to-host read of the step counter once warmed up
+            return
         step = int(self.model.optimizer.iterations.numpy())
         if step <= self.steps:
             self.model.optimizer.learning_rate.assign(self.rate(step))
+        else:
+            self._done = True
 
 
 class TimeBudget(keras.callbacks.Callback):

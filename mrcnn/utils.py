@@ -610,15 +610,16 @@ def resize_mask(mask, scale, padding, crop=None):
     more than the training step it feeds.
     """
     mask = np.asarray(mask)
+    # Output rows / columns kept: the crop's, else all of them.
+    keep_rows, keep_cols = ((slice(crop[0], crop[0] + crop[2]), slice(crop[1], crop[1] + crop[3]))
+                            if crop is not None else (slice(None), slice(None)))
+    if scale == 1:
+        mask = mask[keep_rows, keep_cols]
+    else:
+        mask = _gather_zoom(mask, _zoom_rows(mask.shape[0], scale)[keep_rows],
+                            _zoom_rows(mask.shape[1], scale)[keep_cols])
     if crop is not None:
-        y, x, h, w = crop
-        if scale == 1:
-            return mask[y:y + h, x:x + w]
-        rows, cols = _zoom_rows(mask.shape[0], scale), _zoom_rows(mask.shape[1], scale)
-        return _gather_zoom(mask, rows[y:y + h], cols[x:x + w])
-    if scale != 1:
-        mask = _gather_zoom(mask, _zoom_rows(mask.shape[0], scale),
-                            _zoom_rows(mask.shape[1], scale))
+        return mask
     return np.pad(mask, _pad_for(padding, mask.ndim), mode="constant", constant_values=0)
 
 
