@@ -48,7 +48,9 @@ def test_mirrored_step_equals_single_device_step():
     # uses the norm of the summed gradient, not each replica's part.
     assert r["clipping_active"], r
     assert r["max_abs_update"] > 1e-3
-    assert r["diff_rel_to_update"] <= 1e-4, r
+    # float32 summation order varies with thread scheduling: measured 8e-6 to 1.1e-4 over
+    # runs of this test. Per-replica clipping (the bug this guards against) gives 0.66.
+    assert r["diff_rel_to_update"] <= 1e-3, r
     assert r["diff_rel_to_weights"] <= 1e-6, r
 
 
