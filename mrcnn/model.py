@@ -32,7 +32,22 @@ from mrcnn.training import (CheckpointCallback, LearningRateWarmup, NonFiniteLos
                             make_optimizer, resolve_layers, set_trainable)
 from mrcnn.utils import compute_backbone_shapes  # noqa: F401  (Matterport's name)
 
-log = logging.getLogger("mrcnn")
+# Matterport's scripts and notebooks reach these through ``mrcnn.model`` (``modellib``);
+# each is defined once in its own module and only re-exported here.
+from mrcnn.backbone import BatchNorm, resnet_graph  # noqa: F401,E402
+from mrcnn.box_ops import (apply_box_deltas_graph, clip_boxes_graph,  # noqa: F401,E402
+                           denorm_boxes_graph, log2_graph, norm_boxes_graph, overlaps_graph)
+from mrcnn.data import build_rpn_targets, data_generator, load_image_gt  # noqa: F401,E402
+from mrcnn.heads import (build_fpn_mask_graph, build_rpn_model,  # noqa: F401,E402
+                         fpn_classifier_graph)
+from mrcnn.layers import (DetectionLayer, DetectionTargetLayer,  # noqa: F401,E402
+                          ProposalLayer, PyramidROIAlign)
+from mrcnn.losses import (mrcnn_bbox_loss_graph, mrcnn_class_loss_graph,  # noqa: F401,E402
+                          mrcnn_mask_loss_graph, rpn_bbox_loss_graph, rpn_class_loss_graph)
+from mrcnn.losses import smooth_l1 as smooth_l1_loss  # noqa: F401,E402
+from mrcnn.utils import log  # noqa: F401,E402
+
+logger = logging.getLogger("mrcnn")
 
 
 class MaskRCNN(object):
@@ -179,7 +194,7 @@ class MaskRCNN(object):
         for name, ds in (("train_dataset", train_dataset), ("val_dataset", val_dataset)):
             data.check_dataset(ds, name)
         if self.epoch >= epochs:
-            log.info("Already at epoch %d >= %d: nothing to train", self.epoch, epochs)
+            logger.info("Already at epoch %d >= %d: nothing to train", self.epoch, epochs)
             return None
 
         layer_regex = resolve_layers(layers)
@@ -526,7 +541,7 @@ def _set_precision_policy(config):
     """
     policy = config.MIXED_PRECISION or "float32"
     if policy == "mixed_float16" and not tf.config.list_logical_devices("GPU"):
-        log.warning("MIXED_PRECISION = 'mixed_float16' without a GPU: float16 maths is "
+        logger.warning("MIXED_PRECISION = 'mixed_float16' without a GPU: float16 maths is "
                     "very slow on CPUs; use 'mixed_bfloat16' (CPUs with AMX) or float32")
     keras.mixed_precision.set_global_policy(policy)
 

@@ -11,9 +11,9 @@ Same public names, signatures and conventions as Matterport's ``mrcnn/utils.py``
   centred at ``arange(0, shape, anchor_stride) * feature_stride`` (no half-stride offset).
 
 Nothing here imports TensorFlow at module import: ``compose_image_meta``,
-``parse_image_meta``, ``mold_image`` and ``unmold_image`` are re-exported lazily from
-``mrcnn.imagemeta`` (which does import TensorFlow) on first access, and ``batch_slice``
-imports TensorFlow when called.
+``parse_image_meta``, ``mold_image`` and ``unmold_image`` (from ``mrcnn.imagemeta``) and
+``box_refinement_graph`` (from ``mrcnn.box_ops``) are re-exported lazily on first access,
+and ``batch_slice`` imports TensorFlow when called.
 
 Deliberate differences from Matterport (outputs on valid inputs are the same):
 
@@ -48,22 +48,24 @@ logger = logging.getLogger(__name__)
 # Matterport's release of the COCO-trained Mask R-CNN weights.
 COCO_MODEL_URL = "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
 
-# Names re-exported from mrcnn.imagemeta on first access (PEP 562), so that importing this
-# numpy module does not pull in TensorFlow.
-_IMAGEMETA_NAMES = ("compose_image_meta", "parse_image_meta", "mold_image", "unmold_image")
+# Names re-exported on first access (PEP 562), so that importing this numpy module does
+# not pull in TensorFlow: Matterport's utils held these TF-side helpers too.
+_LAZY_NAMES = {"compose_image_meta": "mrcnn.imagemeta", "parse_image_meta": "mrcnn.imagemeta",
+               "mold_image": "mrcnn.imagemeta", "unmold_image": "mrcnn.imagemeta",
+               "box_refinement_graph": "mrcnn.box_ops"}
 
 
 def __getattr__(name):
-    if name in _IMAGEMETA_NAMES:
-        from mrcnn import imagemeta
-        value = getattr(imagemeta, name)
+    if name in _LAZY_NAMES:
+        import importlib
+        value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
         globals()[name] = value
         return value
     raise AttributeError("module {!r} has no attribute {!r}".format(__name__, name))
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_IMAGEMETA_NAMES))
+    return sorted(list(globals()) + list(_LAZY_NAMES))
 
 
 class DatasetError(ValueError):
@@ -1005,3 +1007,25 @@ def denorm_boxes(boxes, shape):
     scale = np.array([h - 1, w - 1, h - 1, w - 1])
     shift = np.array([0, 0, 1, 1])
     return np.around(np.multiply(boxes, scale) + shift).astype(np.int32)
+
+
+############################################################
+#  Printing arrays (notebooks)
+############################################################
+
+def log(text, array=None):
+    """Print ``text``, and for an array its shape, min, max and dtype on the same line.
+
+    Matterport's notebook helper (``modellib.log("image", image)``). ``array`` may be
+    anything np.asarray accepts (numpy array, TF tensor, list); min/max are left blank
+    for empty or non-numeric arrays.
+    """
+    if array is not None:
+        array = np.asarray(array)
+        numeric = array.size and (np.issubdtype(array.dtype, np.number)
+                                  or array.dtype == np.bool_)
+        low = "{:10.5f}".format(float(array.min())) if numeric else ""
+        high = "{:10.5f}".format(float(array.max())) if numeric else ""
+        text = "{:25}shape: {:20}  min: {:>10}  max: {:>10}  {}".format(
+            str(text), str(array.shape), low, high, array.dtype)
+    print(text)
