@@ -19,6 +19,8 @@ import re
 import keras
 from keras import layers as KL
 
+from mrcnn.winograd import Conv3x3, resolve_winograd
+
 _RESNET_STAGE4_BLOCKS = {"resnet50": 5, "resnet101": 22, "resnext101": 22}
 _ARCHITECTURES = tuple(_RESNET_STAGE4_BLOCKS)
 
@@ -185,11 +187,12 @@ def resnet_graph(input_image, architecture, stage5=True, train_bn=True, frozen_s
     return outputs
 
 
-def build_fpn(C2, C3, C4, C5, pyramid_size):
+def build_fpn(C2, C3, C4, C5, pyramid_size, winograd=False):
     """Top-down Feature Pyramid Network with Matterport's layer names.
 
     C2..C5: backbone maps at strides 4, 8, 16, 32 (each level exactly 2x the next).
     pyramid_size: channels of every pyramid level (TOP_DOWN_PYRAMID_SIZE).
+    winograd: compute the 3x3 output convs by Winograd on large maps (mrcnn.winograd).
 
     Returns [P2, P3, P4, P5, P6], each [B, h, w, pyramid_size], strides 4..64. P6 is a
     stride-2 subsampling of P5 (1x1 max-pool), used only by the RPN.
@@ -205,10 +208,10 @@ def build_fpn(C2, C3, C4, C5, pyramid_size):
         KL.UpSampling2D(size=2, name="fpn_p3upsampled")(P3),
         KL.Conv2D(pyramid_size, 1, name="fpn_c2p2")(C2)])
     # 3x3 convs smooth the upsampling artefacts of the merged maps.
-    P2 = KL.Conv2D(pyramid_size, 3, padding="same", name="fpn_p2")(P2)
-    P3 = KL.Conv2D(pyramid_size, 3, padding="same", name="fpn_p3")(P3)
-    P4 = KL.Conv2D(pyramid_size, 3, padding="same", name="fpn_p4")(P4)
-    P5 = KL.Conv2D(pyramid_size, 3, padding="same", name="fpn_p5")(P5)
+    P2 = Conv3x3(pyramid_size, winograd=winograd, name="fpn_p2")(P2)
+    P3 = Conv3x3(pyramid_size, winograd=winograd, name="fpn_p3")(P3)
+    P4 = Conv3x3(pyramid_size, winograd=winograd, name="fpn_p4")(P4)
+    P5 = Conv3x3(pyramid_size, winograd=winograd, name="fpn_p5")(P5)
     P6 = KL.MaxPooling2D(pool_size=1, strides=2, name="fpn_p6")(P5)
     return [P2, P3, P4, P5, P6]
 
@@ -218,8 +221,8 @@ def build_backbone(input_image, config):
 
     config.BACKBONE: "resnet50", "resnet101", "resnext101", or a callable
     ``f(input_image, stage5=True, train_bn=...) -> [C1, C2, C3, C4, C5]``.
-    Uses config.TRAIN_BN, config.BACKBONE_FROZEN_STAGES (built-in backbones only) and
-    config.TOP_DOWN_PYRAMID_SIZE.
+    Uses config.TRAIN_BN, config.BACKBONE_FROZEN_STAGES (built-in backbones only),
+    config.TOP_DOWN_PYRAMID_SIZE and config.CONV3X3_WINOGRAD.
     """
     backbone = config.BACKBONE
     frozen = getattr(config, "BACKBONE_FROZEN_STAGES", 0)
@@ -241,4 +244,5 @@ def build_backbone(input_image, config):
                          "stage5=True, train_bn=...) returning [C1..C5]".format(
                              backbone, _ARCHITECTURES))
     _, C2, C3, C4, C5 = features
-    return build_fpn(C2, C3, C4, C5, config.TOP_DOWN_PYRAMID_SIZE)
+    return build_fpn(C2, C3, C4, C5, config.TOP_DOWN_PYRAMID_SIZE,
+                     winograd=resolve_winograd(getattr(config, "CONV3X3_WINOGRAD", False)))

@@ -68,6 +68,11 @@ class Config(object):
     # (its weight files need it); 256 as detectron2 / Model Garden halves the RPN's cost,
     # a fifth of inference time at 1024 px.
     RPN_CONV_DIM = 512
+    # 3x3 convs of the FPN outputs and the RPN by Winograd F(4x4, 3x3) (mrcnn.winograd) on
+    # maps of at least 64x64 in float32: same weights and results (to float32 rounding),
+    # fewer multiplications. True / False / "auto" (on unless TensorFlow sees a GPU, where
+    # cuDNN chooses its own algorithm). Measured on the 2-core CPU: see README Performance.
+    CONV3X3_WINOGRAD = "auto"
     # Initial weights of the RPN's convs: None = Keras' Glorot-uniform (Matterport); a
     # number = normal with that std and zero biases (detectron2 / Model Garden: 0.01).
     # Only training from random weights sees it: with Glorot the first objectness logits
@@ -372,6 +377,9 @@ class Config(object):
             self._fail("OPTIMIZER", "must be 'sgd' or 'adam'")
 
         self._validate_cascade()
+
+        if self.CONV3X3_WINOGRAD not in (True, False, "auto"):
+            self._fail("CONV3X3_WINOGRAD", "must be True, False or 'auto'")
 
         if self.MIXED_PRECISION not in (None, "float32", "mixed_bfloat16", "mixed_float16"):
             self._fail("MIXED_PRECISION", "must be None, 'float32', 'mixed_bfloat16' or "

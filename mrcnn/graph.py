@@ -21,6 +21,7 @@ from mrcnn.imagemeta import parse_image_meta_graph
 from mrcnn.layers import (DetectionLayer, DetectionTargetLayer, ProposalLayer,
                           PyramidROIAlign)
 from mrcnn.losses import LossLayer
+from mrcnn.winograd import resolve_winograd
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -228,7 +229,8 @@ def _build_graph(mode, config):
     # One RPN model shared across levels (Matterport's rpn_model, loadable by name).
     rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS),
                           config.TOP_DOWN_PYRAMID_SIZE, conv_dim=config.RPN_CONV_DIM,
-                          init_std=config.RPN_INIT_STD)
+                          init_std=config.RPN_INIT_STD,
+                          winograd=resolve_winograd(config.CONV3X3_WINOGRAD))
     level_outputs = [rpn(p) for p in rpn_feature_maps]
     rpn_class_logits, rpn_class, rpn_bbox = [
         keras.layers.Concatenate(axis=1, name=n, dtype="float32")([o[i] for o in level_outputs])

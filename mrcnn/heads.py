@@ -19,6 +19,7 @@ import keras
 from keras import layers as KL
 
 from mrcnn.backbone import BatchNorm
+from mrcnn.winograd import Conv3x3
 
 @keras.saving.register_keras_serializable(package="mrcnn")
 class FlattenRois(KL.Layer):
@@ -83,7 +84,8 @@ class UnflattenRois(KL.Layer):
 #  Region Proposal Network
 ############################################################
 
-def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_dim=512, init_std=None):
+def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_dim=512, init_std=None,
+                    winograd=False):
     """Keras model of the RPN, shared by all pyramid levels (Matterport's ``rpn_model``).
 
     anchor_stride: stride of anchor positions in feature-map cells (RPN_ANCHOR_STRIDE).
@@ -92,6 +94,7 @@ def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_dim=512, in
     conv_dim: channels of the shared 3x3 conv (RPN_CONV_DIM; Matterport's weights: 512).
     init_std: None = Keras' default initialisers; a number = every conv kernel drawn from
         N(0, init_std) and zero biases (RPN_INIT_STD).
+    winograd: the shared conv by Winograd on large maps (CONV3X3_WINOGRAD, mrcnn.winograd).
 
     Input "input_rpn_feature_map" [B, H, W, depth]; call it as ``rpn(P)``. Outputs, with
     A = ceil(H/stride) * ceil(W/stride) * anchors_per_location, anchors ordered (y, x, anchor):
@@ -103,8 +106,12 @@ def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_dim=512, in
         kernel_initializer=keras.initializers.RandomNormal(stddev=float(init_std)),
         bias_initializer="zeros")
     feature_map = keras.Input(shape=[None, None, depth], name="input_rpn_feature_map")
-    shared = KL.Conv2D(int(conv_dim), 3, padding="same", activation="relu", strides=anchor_stride,
-                       name="rpn_conv_shared", **init)(feature_map)
+    if anchor_stride == 1:
+        shared = Conv3x3(int(conv_dim), activation="relu", winograd=winograd,
+                         name="rpn_conv_shared", **init)(feature_map)
+    else:
+        shared = KL.Conv2D(int(conv_dim), 3, padding="same", activation="relu",
+                           strides=anchor_stride, name="rpn_conv_shared", **init)(feature_map)
     x = KL.Conv2D(2 * anchors_per_location, 1, padding="valid", name="rpn_class_raw",
                   **init)(shared)
     rpn_class_logits = KL.Reshape((-1, 2), dtype="float32", name="rpn_class_raw_reshape")(x)

@@ -163,3 +163,15 @@ def test_model_garden_experiment_settings_are_written_as_the_issue_asks():
                    'mixed_precision_dtype = "float32"', "enable_xla = False",
                    "init_checkpoint = None"):
         assert needle in src, needle
+
+
+def test_winograd_benchmark_runs_and_reports_both_algorithms(capsys):
+    import bench_winograd
+    results = bench_winograd.main(["--cases", "small", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert len(results) == 2 and out.count(bench_winograd.JSON_PREFIX) == 2
+    for r in results:
+        assert r["max_rel_diff"] < 1e-5
+        for key in ("fwd_direct_s", "fwd_winograd_s", "fwd_bwd_direct_s", "fwd_bwd_winograd_s"):
+            assert r[key] > 0
+        assert r["fwd_ratio"] == pytest.approx(r["fwd_winograd_s"] / r["fwd_direct_s"])

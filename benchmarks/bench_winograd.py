@@ -1,0 +1,107 @@
+"""Direct TensorFlow 3x3 convolution against mrcnn.winograd's F(4x4, 3x3), per map size.
+
+For each case (the FPN output convs and the RPN conv at 512 and 1024 px, the mask head
+on 100 ROIs, small maps): median seconds of the forward pass and of forward + backward
+(gradients for input and kernel), both algorithms alternated, and the largest relative
+difference of their outputs. Prints a table and one JSON line per case.
+
+    python benchmarks/bench_winograd.py [--repeats 5] [--cases small]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+JSON_PREFIX = "BENCH_JSON "
+# (label, input shape [N, H, W, C], filters)
+CASES = {
+    "full": [
+        ("FPN P2 @1024", (1, 256, 256, 256), 256),
+        ("RPN P2 @1024, 512 ch", (1, 256, 256, 256), 512),
+        ("FPN P2 @512 / P3 @1024", (1, 128, 128, 256), 256),
+        ("RPN P2 @512, 512 ch", (1, 128, 128, 256), 512),
+        ("FPN P4 @1024", (1, 64, 64, 256), 256),
+        ("RPN P5 @1024, 512 ch", (1, 32, 32, 256), 512),
+        ("RPN P6 @1024, 512 ch", (1, 16, 16, 256), 512),
+        ("mask head, 100 ROIs", (100, 14, 14, 256), 256),
+    ],
+    "small": [("tiny", (1, 20, 24, 8), 8), ("tiny, 2 images", (2, 9, 13, 4), 6)],
+}
+
+
+def _median_time(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_case(label, shape, filters, repeats):
+    import numpy as np
+    import tensorflow as tf
+    from mrcnn.winograd import winograd_conv3x3
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=shape), tf.float32)
+    k = tf.constant(rng.normal(size=(3, 3, shape[-1], filters)) * 0.05, tf.float32)
+
+    def direct(a, b):
+        return tf.nn.conv2d(a, b, 1, "SAME")
+
+    def with_grads(conv):
+        @tf.function
+        def step(a, b):
+            with tf.GradientTape() as tape:
+                tape.watch([a, b])
+                loss = tf.reduce_sum(tf.square(conv(a, b)))
+            return tape.gradient(loss, [a, b])
+        return step
+
+    fwd = {"direct": tf.function(direct), "winograd": tf.function(winograd_conv3x3)}
+    bwd = {name: with_grads(fn) for name, fn in (("direct", direct),
+                                                  ("winograd", winograd_conv3x3))}
+    want, got = fwd["direct"](x, k), fwd["winograd"](x, k)
+    rel = float(tf.reduce_max(tf.abs(got - want)) / tf.reduce_max(tf.abs(want)))
+    res = {"case": label, "shape": list(shape), "filters": filters, "max_rel_diff": rel}
+    for name in ("direct", "winograd"):          # alternated per figure
+        res["fwd_" + name + "_s"] = _median_time(lambda: fwd[name](x, k).numpy(), repeats)
+    for name in ("direct", "winograd"):
+        res["fwd_bwd_" + name + "_s"] = _median_time(
+            lambda: [g.numpy() for g in bwd[name](x, k)], repeats)
+    res["fwd_ratio"] = res["fwd_winograd_s"] / res["fwd_direct_s"]
+    res["fwd_bwd_ratio"] = res["fwd_bwd_winograd_s"] / res["fwd_bwd_direct_s"]
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--cases", choices=sorted(CASES), default="full")
+    args = p.parse_args(argv)
+    print("{:26} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6} {:>9}".format(
+        "case", "fwd dir", "fwd win", "ratio", "f+b dir", "f+b win", "ratio", "rel diff"))
+    results = []
+    for label, shape, filters in CASES[args.cases]:
+        r = run_case(label, shape, filters, args.repeats)
+        results.append(r)
+        print("{:26} {:9.4f} {:9.4f} {:6.2f} {:10.4f} {:10.4f} {:6.2f} {:9.1e}".format(
+            label, r["fwd_direct_s"], r["fwd_winograd_s"], r["fwd_ratio"],
+            r["fwd_bwd_direct_s"], r["fwd_bwd_winograd_s"], r["fwd_bwd_ratio"],
+            r["max_rel_diff"]), flush=True)
+        print(JSON_PREFIX + json.dumps(r), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()

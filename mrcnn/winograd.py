@@ -1,0 +1,133 @@
+"""3x3 convolutions by Winograd's minimal filtering, F(4x4, 3x3), in TensorFlow ops.
+
+A stride-1 "same" 3x3 convolution computed on overlapping 6x6 input tiles, each giving a
+4x4 output tile: 36 multiplications per tile and channel pair instead of 144 (Lavin &
+Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). TensorFlow's CPU
+kernels (oneDNN) run the direct algorithm near the machine's peak, so fewer
+multiplications is the remaining float32 lever; cuDNN already chooses Winograd itself on
+GPUs. The input/output transforms cost memory traffic, so it pays on large maps only:
+on the 2-core CPU the FPN's P2 conv at 1024² (256x256x256 -> 256) went from 0.38 to
+0.23 s forward and 1.22 to 0.57 s forward + backward; below 64x64 maps it is slower
+(benchmarks/bench_winograd.py).
+
+Results equal ``tf.nn.conv2d(x, kernel, 1, "SAME")`` to float32 rounding (relative error
+about 1e-5: the transforms have entries up to 8 and 1/24).
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# F(4, 3) with interpolation points 0, 1, -1, 2, -2 and infinity: y = A^T [(G g) * (B^T d)]
+# for a 6-sample input d and 3-tap filter g (correlation, as tf.nn.conv2d).
+_BT = np.array([[4, 0, -5, 0, 1, 0],
+                [0, -4, -4, 1, 1, 0],
+                [0, 4, -4, -1, 1, 0],
+                [0, -2, -1, 2, 1, 0],
+                [0, 2, -1, -2, 1, 0],
+                [0, 4, 0, -5, 0, 1]], np.float64)
+_G = np.array([[1 / 4, 0, 0],
+               [-1 / 6, -1 / 6, -1 / 6],
+               [-1 / 6, 1 / 6, -1 / 6],
+               [1 / 24, 1 / 12, 1 / 6],
+               [1 / 24, -1 / 12, 1 / 6],
+               [0, 0, 1]], np.float64)
+_AT = np.array([[1, 1, 1, 1, 1, 0],
+                [0, 1, -1, 2, -2, 0],
+                [0, 1, 1, 4, 4, 0],
+                [0, 1, -1, 8, -8, 1]], np.float64)
+
+OUT_TILE = 4     # output tile side
+IN_TILE = 6      # input tile side (OUT_TILE + 3 - 1)
+# Maps smaller than this (height * width) take the direct kernel: there the transforms
+# cost more than the multiplications saved (measured: 32x32 and 16x16 slower, 64x64 faster).
+MIN_WINOGRAD_AREA = 64 * 64
+
+
+def winograd_conv3x3(x, kernel):
+    """Stride-1 "same" 3x3 convolution of x by kernel, by Winograd F(4x4, 3x3).
+
+    x: float32 [N, H, W, C] (H, W may be dynamic; C static). kernel: float32 [3, 3, C, F]
+    (the Conv2D kernel layout). Returns float32 [N, H, W, F], equal to
+    ``tf.nn.conv2d(x, kernel, 1, "SAME")`` up to float32 rounding. Differentiable in x and
+    kernel (all steps are linear TF ops).
+    """
+    c = x.shape[-1]
+    f = kernel.shape[-1]
+    shape = tf.shape(x)
+    n, h, w = shape[0], shape[1], shape[2]
+    tiles_h = (h + OUT_TILE - 1) // OUT_TILE
+    tiles_w = (w + OUT_TILE - 1) // OUT_TILE
+    # "same" pads one pixel each side; the bottom/right pad also completes the last tile.
+    x = tf.pad(x, [[0, 0], [1, tiles_h * OUT_TILE + 1 - h], [1, tiles_w * OUT_TILE + 1 - w],
+                   [0, 0]])
+    patches = tf.image.extract_patches(x, [1, IN_TILE, IN_TILE, 1],
+                                       [1, OUT_TILE, OUT_TILE, 1], [1, 1, 1, 1], "VALID")
+    d = tf.reshape(patches, [-1, IN_TILE * IN_TILE, c])          # [T, 36 (row, col), C]
+    # Input and output transforms of a 2-D tile are Kronecker products of the 1-D ones.
+    bt2 = tf.constant(np.kron(_BT, _BT), tf.float32)              # [36, 36]
+    at2 = tf.constant(np.kron(_AT, _AT), tf.float32)              # [16, 36]
+    g = tf.constant(_G, tf.float32)
+    v = tf.einsum("ij,tjc->itc", bt2, d)                          # [36, T, C]
+    u = tf.reshape(tf.einsum("ik,jl,klcf->ijcf", g, g, kernel),
+                   [IN_TILE * IN_TILE, c, f])                     # [36, C, F]
+    m = tf.matmul(v, u)                                           # [36, T, F]
+    y = tf.matmul(at2, tf.reshape(m, [IN_TILE * IN_TILE, -1]))    # [16, T * F]
+    y = tf.reshape(y, [OUT_TILE, OUT_TILE, n, tiles_h, tiles_w, f])
+    y = tf.transpose(y, [2, 3, 0, 4, 1, 5])
+    y = tf.reshape(y, [n, tiles_h * OUT_TILE, tiles_w * OUT_TILE, f])
+    return y[:, :h, :w]
+
+
+def conv3x3_same(x, kernel, direct):
+    """winograd_conv3x3 on maps of at least MIN_WINOGRAD_AREA pixels, else ``direct(x,
+    kernel)``. Decided in Python for static shapes, by tf.cond for dynamic ones (the
+    inference function takes any image size)."""
+    h, w = x.shape[1], x.shape[2]
+    if h is not None and w is not None:
+        return winograd_conv3x3(x, kernel) if h * w >= MIN_WINOGRAD_AREA else direct(x, kernel)
+    shape = tf.shape(x)
+    return tf.cond(shape[1] * shape[2] >= MIN_WINOGRAD_AREA,
+                   lambda: winograd_conv3x3(x, kernel), lambda: direct(x, kernel))
+
+
+def resolve_winograd(setting):
+    """Config.CONV3X3_WINOGRAD -> bool. "auto": on unless TensorFlow sees a GPU (cuDNN
+    picks Winograd or FFT itself there, faster than these TF ops)."""
+    if setting == "auto":
+        return not tf.config.list_logical_devices("GPU")
+    return bool(setting)
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class Conv3x3(keras.layers.Conv2D):
+    """A 3x3, stride-1, "same" Conv2D that computes by Winograd F(4x4, 3x3) when
+    ``winograd`` is true, the inputs are float32 and the map has at least
+    MIN_WINOGRAD_AREA pixels (else the ordinary kernel).
+
+    Same variables (kernel [3, 3, C, F], bias [F]), names and outputs as
+    ``Conv2D(filters, 3, padding="same")``, so weight files load either way.
+    """
+
+    def __init__(self, filters, kernel_size=3, winograd=False, **kwargs):
+        for key, value in (("strides", 1), ("padding", "same"), ("dilation_rate", 1)):
+            given = kwargs.pop(key, value)
+            if given not in (value, (value, value), [value, value]):
+                raise ValueError("Conv3x3 {}: {}={!r} unsupported (only {!r})".format(
+                    kwargs.get("name"), key, given, value))
+        if kernel_size not in (3, (3, 3), [3, 3]):
+            raise ValueError("Conv3x3 {}: kernel_size must be 3, got {!r}".format(
+                kwargs.get("name"), kernel_size))
+        super().__init__(filters, 3, padding="same", **kwargs)
+        self.winograd = bool(winograd)
+
+    def convolution_op(self, inputs, kernel):
+        direct = super().convolution_op
+        if not self.winograd or inputs.dtype != tf.float32 or kernel.dtype != tf.float32:
+            return direct(inputs, kernel)
+        return conv3x3_same(inputs, kernel, direct)
+
+    def get_config(self):
+        config = super().get_config()
+        config["winograd"] = self.winograd
+        return config

@@ -1,0 +1,127 @@
+"""Winograd F(4x4, 3x3) convolutions (mrcnn.winograd) against TensorFlow's direct kernel."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mrcnn import winograd
+from mrcnn.winograd import Conv3x3, resolve_winograd, winograd_conv3x3
+
+
+def _direct(x, k):
+    return tf.nn.conv2d(x, k, 1, "SAME")
+
+
+def _rel_err(a, b):
+    return float(tf.reduce_max(tf.abs(a - b)) / tf.reduce_max(tf.abs(b)))
+
+
+def test_one_dimensional_transform_is_a_correlation():
+    # A^T [(G g) * (B^T d)] = [sum_k d[i + k] g[k] for i < 4], exactly (float64).
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        d, g = rng.normal(size=6), rng.normal(size=3)
+        y = winograd._AT @ ((winograd._G @ g) * (winograd._BT @ d))
+        np.testing.assert_allclose(y, [d[i:i + 3] @ g for i in range(4)], atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 17, 23, 5), (1, 4, 4, 3), (1, 1, 1, 2), (3, 9, 2, 4)])
+def test_equals_direct_convolution(shape):
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=shape), tf.float32)
+    k = tf.constant(rng.normal(size=(3, 3, shape[-1], 7)), tf.float32)
+    got = winograd_conv3x3(x, k)
+    assert got.shape == shape[:3] + (7,)
+    assert _rel_err(got, _direct(x, k)) < 1e-5
+
+
+def test_gradients_equal_direct_gradients():
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(size=(2, 13, 10, 6)), tf.float32)
+    k = tf.constant(rng.normal(size=(3, 3, 6, 4)), tf.float32)
+    weights = tf.constant(rng.normal(size=(2, 13, 10, 4)), tf.float32)
+
+    def grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            loss = tf.reduce_sum(fn(x, k) * weights)
+        return tape.gradient(loss, [x, k])
+
+    for got, want in zip(grads(winograd_conv3x3), grads(_direct)):
+        assert _rel_err(got, want) < 1e-5
+
+
+def _pair(channels=8, filters=6):
+    """Two Conv3x3 layers with the same weights: Winograd on and off."""
+    on = Conv3x3(filters, winograd=True, activation="relu", name="on")
+    off = Conv3x3(filters, winograd=False, activation="relu", name="off")
+    for layer in (on, off):
+        layer.build((None, None, None, channels))
+    off.set_weights(on.get_weights())
+    return on, off
+
+
+def test_layer_uses_winograd_on_large_maps_only():
+    on, off = _pair()
+    rng = np.random.default_rng(3)
+    big = tf.constant(rng.normal(size=(1, 64, 70, 8)), tf.float32)       # 4480 pixels
+    small = tf.constant(rng.normal(size=(2, 40, 50, 8)), tf.float32)     # 2000 pixels
+    got, want = on(big), off(big)
+    assert 0 < _rel_err(got, want) < 1e-5          # computed differently, same result
+    np.testing.assert_array_equal(on(small).numpy(), off(small).numpy())
+    # Dynamic shapes (the inference function's [None, None] signature): tf.cond picks.
+    fn = tf.function(on, input_signature=[tf.TensorSpec([None, None, None, 8], tf.float32)])
+    assert _rel_err(fn(big), want) < 1e-5
+    np.testing.assert_array_equal(fn(small).numpy(), off(small).numpy())
+
+
+def test_layer_is_a_conv2d_for_weights_and_config():
+    on, off = _pair()
+    assert [w.shape for w in on.weights] == [(3, 3, 8, 6), (6,)]
+    clone = Conv3x3.from_config(on.get_config())
+    assert clone.winograd is True and clone.padding == "same"
+    with pytest.raises(ValueError, match="strides"):
+        Conv3x3(4, strides=2, name="bad")
+
+
+def test_bfloat16_compute_takes_the_direct_kernel():
+    on = Conv3x3(4, winograd=True, dtype="mixed_bfloat16", name="bf")
+    off = Conv3x3(4, winograd=False, dtype="mixed_bfloat16", name="bf_off")
+    x = tf.random.stateless_normal((1, 64, 64, 3), seed=(1, 2))
+    on.build(x.shape)
+    off.build(x.shape)
+    off.set_weights(on.get_weights())
+    np.testing.assert_array_equal(on(x).numpy(), off(x).numpy())
+
+
+def test_resolve_setting():
+    assert resolve_winograd(True) is True and resolve_winograd(False) is False
+    assert resolve_winograd("auto") == (not tf.config.list_logical_devices("GPU"))
+
+
+def test_model_outputs_match_with_and_without_winograd(tmp_path):
+    from mrcnn import model as modellib
+    from tiny_models import tiny_shapes_config_class
+
+    def build(flag):
+        class Big(tiny_shapes_config_class()):
+            NAME = "wino"
+            IMAGE_MIN_DIM = IMAGE_MAX_DIM = 256     # P2 is 64x64: Winograd's range
+            IMAGES_PER_GPU = 1
+            CONV3X3_WINOGRAD = flag
+        keras.utils.set_random_seed(0)
+        return modellib.MaskRCNN("inference", Big(), str(tmp_path))
+
+    on, off = build(True), build(False)
+    off.keras_model.set_weights(on.keras_model.get_weights())
+    assert on.keras_model.get_layer("fpn_p2").winograd
+    assert on.keras_model.get_layer("rpn_model").get_layer("rpn_conv_shared").winograd
+    assert not off.keras_model.get_layer("fpn_p2").winograd
+    image = np.random.default_rng(4).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    names = ["rpn_class", "rpn_bbox"]
+    got, want = on.run_graph([image], [(n, on.keras_model.get_layer(n).output) for n in names]), \
+        off.run_graph([image], [(n, off.keras_model.get_layer(n).output) for n in names])
+    for name in names:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-3, atol=1e-4)
+    assert not np.array_equal(got["rpn_bbox"], want["rpn_bbox"])   # Winograd really ran
