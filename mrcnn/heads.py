@@ -21,6 +21,7 @@ from keras import layers as KL
 from mrcnn.backbone import BatchNorm
 from mrcnn.winograd import Conv3x3
 
+
 @keras.saving.register_keras_serializable(package="mrcnn")
 class FlattenRois(KL.Layer):
     """Fold the ROI axis into the batch: [B, N, *rest] -> [B*N, *rest].

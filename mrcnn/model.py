@@ -542,7 +542,7 @@ def _set_precision_policy(config):
     policy = config.MIXED_PRECISION or "float32"
     if policy == "mixed_float16" and not tf.config.list_logical_devices("GPU"):
         logger.warning("MIXED_PRECISION = 'mixed_float16' without a GPU: float16 maths is "
-                    "very slow on CPUs; use 'mixed_bfloat16' (CPUs with AMX) or float32")
+                       "very slow on CPUs; use 'mixed_bfloat16' (CPUs with AMX) or float32")
     keras.mixed_precision.set_global_policy(policy)
 
 

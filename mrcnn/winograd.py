@@ -6,8 +6,8 @@ Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). TensorFlow's C
 kernels (oneDNN) run the direct algorithm near the machine's peak, so fewer
 multiplications is the remaining float32 lever; cuDNN already chooses Winograd itself on
 GPUs. The input/output transforms cost memory traffic, so it pays on large maps only:
-on the 2-core CPU the FPN's P2 conv at 1024² (256x256x256 -> 256) went from 0.38 to
-0.23 s forward and 1.22 to 0.57 s forward + backward; below 64x64 maps it is slower
+on the 2-core CPU the FPN's P2 conv at 1024² (256x256x256 -> 256) went from 0.37 to
+0.26 s forward and 1.13 to 0.58 s forward + backward; below 64x64 maps it is slower
 (benchmarks/bench_winograd.py).
 
 Results equal ``tf.nn.conv2d(x, kernel, 1, "SAME")`` to float32 rounding (relative error
