@@ -13,11 +13,11 @@ import json
 import os
 import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for _path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 JSON_PREFIX = "BENCH_JSON "
@@ -38,13 +38,9 @@ CASES = {
 
 
 def _median_time(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    # bench_speed's timer (one warm-up call, then ``repeats`` timed calls).
+    from bench_speed import time_calls
+    return statistics.median(time_calls(fn, repeats))
 
 
 def run_case(label, shape, filters, repeats):
