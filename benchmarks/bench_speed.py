@@ -313,24 +313,34 @@ def task_train(case):
 
 
 def task_backbone(case):
-    """ResNet backbone alone (C2..C5), tf.function with and without XLA."""
+    """ResNet backbone alone (C2..C5), plain TensorFlow convolutions (the floor the issue
+    names), tf.function with and without XLA; and as the library builds it (its 3x3 convs
+    by Winograd where CONV3X3_WINOGRAD and the thresholds select them)."""
     import keras
     import tensorflow as tf
     from mrcnn.backbone import resnet_graph
+    from mrcnn.winograd import resolve_winograd
     config = make_config(**case["config"])
     size = int(config.IMAGE_MAX_DIM)
     bs = config.BATCH_SIZE
-    inp = keras.Input(shape=[size, size, 3])
-    if callable(config.BACKBONE):
-        _, C2, C3, C4, C5 = config.BACKBONE(inp, stage5=True, train_bn=False)
-    else:
-        _, C2, C3, C4, C5 = resnet_graph(inp, config.BACKBONE, stage5=True, train_bn=False)
-    net = keras.Model(inp, [C2, C3, C4, C5])
+
+    def build(winograd):
+        inp = keras.Input(shape=[size, size, 3])
+        if callable(config.BACKBONE):
+            _, C2, C3, C4, C5 = config.BACKBONE(inp, stage5=True, train_bn=False)
+        else:
+            _, C2, C3, C4, C5 = resnet_graph(inp, config.BACKBONE, stage5=True,
+                                             train_bn=False, winograd=winograd)
+        return keras.Model(inp, [C2, C3, C4, C5])
+
+    plain = build(False)
+    library = build(resolve_winograd(config.CONV3X3_WINOGRAD))
     x = tf.constant(np.random.default_rng(0).normal(size=(bs, size, size, 3)).astype(
         np.float32))
     out = {}
-    for key, jit in (("backbone_s", False), ("backbone_xla_s", True)):
-        fn = tf.function(lambda t: net(t, training=False)[-1], jit_compile=jit)
+    for key, net, jit in (("backbone_s", plain, False), ("backbone_xla_s", plain, True),
+                          ("backbone_library_s", library, False)):
+        fn = tf.function(lambda t, net=net: net(t, training=False)[-1], jit_compile=jit)
         t = time.perf_counter()
         fn(x).numpy()
         out[key.replace("_s", "_first_s")] = time.perf_counter() - t
@@ -631,6 +641,7 @@ TABLE_COLUMNS = (
     ("time_to_first_detection_s", "1st det s", "{:.1f}"),
     ("train_step_s", "train s/batch", "{:.3f}"), ("train_forward_s", "fwd s", "{:.3f}"),
     ("backbone_s", "R50 s", "{:.3f}"), ("backbone_xla_s", "R50 XLA s", "{:.3f}"),
+    ("backbone_library_s", "R50 lib s", "{:.3f}"),
     ("pipeline_images_per_s", "pipe img/s", "{:.1f}"),
     ("rss_infer_mb", "RSS inf MB", "{:.0f}"), ("rss_train_mb", "RSS train MB", "{:.0f}"),
 )

@@ -1,7 +1,7 @@
 """Direct TensorFlow 3x3 convolution against mrcnn.winograd's F(4x4, 3x3), per map size.
 
 For each case (the FPN output convs and the RPN conv at 512 and 1024 px, the mask head
-on 100 ROIs, small maps): median seconds of the forward pass and of forward + backward
+on 100 ROIs, small maps, the ResNet's bottleneck 3x3 convs at 1024 px): median seconds of the forward pass and of forward + backward
 (gradients for input and kernel), both algorithms alternated, and the largest relative
 difference of their outputs. Prints a table and one JSON line per case.
 
@@ -32,6 +32,9 @@ CASES = {
         ("RPN P5 @1024, 512 ch", (1, 32, 32, 256), 512),
         ("RPN P6 @1024, 512 ch", (1, 16, 16, 256), 512),
         ("mask head, 100 ROIs", (100, 14, 14, 256), 256),
+        ("ResNet res3 3x3 @1024", (1, 128, 128, 128), 128),
+        ("ResNet res4 3x3 @1024", (1, 64, 64, 256), 256),
+        ("ResNet res5 3x3 @1024", (1, 32, 32, 512), 512),
     ],
     "small": [("tiny", (1, 20, 24, 8), 8), ("tiny, 2 images", (2, 9, 13, 4), 6)],
 }

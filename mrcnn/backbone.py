@@ -76,9 +76,10 @@ def backbone_layer_stage(layer_name):
 class _Builder(object):
     """Creates backbone layers, applying the freeze policy of their stage."""
 
-    def __init__(self, train_bn, frozen_stages):
+    def __init__(self, train_bn, frozen_stages, winograd=False):
         self.train_bn = train_bn
         self.frozen_stages = frozen_stages
+        self.winograd = winograd
 
     def _frozen(self, stage):
         return stage <= self.frozen_stages
@@ -89,8 +90,13 @@ class _Builder(object):
         return layer(x)
 
     def conv(self, x, stage, filters, kernel, name, strides=1, padding="valid", groups=1):
-        layer = KL.Conv2D(filters, kernel, strides=strides, padding=padding, groups=groups,
-                          use_bias=True, name=name)
+        if self.winograd and kernel == 3 and strides == 1 and padding == "same" \
+                and groups == 1:
+            # Same variables and names as the Conv2D below (weight files load either way).
+            layer = Conv3x3(filters, winograd=True, use_bias=True, name=name)
+        else:
+            layer = KL.Conv2D(filters, kernel, strides=strides, padding=padding,
+                              groups=groups, use_bias=True, name=name)
         return self.apply(layer, stage, x)
 
     def bn(self, x, stage, name):
@@ -136,7 +142,8 @@ def _block_letters(count):
     return [chr(ord("a") + i) for i in range(count)]
 
 
-def resnet_graph(input_image, architecture, stage5=True, train_bn=True, frozen_stages=0):
+def resnet_graph(input_image, architecture, stage5=True, train_bn=True, frozen_stages=0,
+                 winograd=False):
     """Build a ResNet-50/101 or ResNeXt-101 (32x4d) backbone on a Keras tensor.
 
     input_image: Keras tensor [B, H, W, channels] (H, W divisible by 64 for the FPN).
@@ -145,6 +152,8 @@ def resnet_graph(input_image, architecture, stage5=True, train_bn=True, frozen_s
     train_bn: False keeps every batch-norm layer on its moving statistics.
     frozen_stages: 0..5; layers of stages 1 (stem) .. frozen_stages get trainable=False and
         their batch norm always runs in inference mode.
+    winograd: the stride-1 3x3 convs by Winograd where it pays (mrcnn.winograd: at least
+        256 channels on maps of at least 64x64: res4 at 1024 px; res5 from 2048 px).
 
     Returns [C1, C2, C3, C4, C5], strides 4, 4, 8, 16, 32 (C1 after the stem max-pool).
     """
@@ -155,7 +164,7 @@ def resnet_graph(input_image, architecture, stage5=True, train_bn=True, frozen_s
             or not 0 <= frozen_stages <= 5:
         raise ValueError("resnet_graph: frozen_stages must be an integer from 0 to 5, got "
                          "{!r}".format(frozen_stages))
-    b = _Builder(bool(train_bn), int(frozen_stages))
+    b = _Builder(bool(train_bn), int(frozen_stages), bool(winograd))
 
     # Stem: 7x7/2 conv on a 3-pixel zero pad, then 3x3/2 max-pool (Matterport's layout).
     x = b.apply(KL.ZeroPadding2D((3, 3), name="conv1_pad"), 1, input_image)
@@ -226,6 +235,7 @@ def build_backbone(input_image, config):
     """
     backbone = config.BACKBONE
     frozen = getattr(config, "BACKBONE_FROZEN_STAGES", 0)
+    winograd = resolve_winograd(getattr(config, "CONV3X3_WINOGRAD", False))
     if callable(backbone):
         if frozen:
             raise ValueError(
@@ -238,11 +248,11 @@ def build_backbone(input_image, config):
                              "{!r}".format(backbone, features))
     elif isinstance(backbone, str) and backbone in _ARCHITECTURES:
         features = resnet_graph(input_image, backbone, stage5=True,
-                                train_bn=config.TRAIN_BN, frozen_stages=frozen)
+                                train_bn=config.TRAIN_BN, frozen_stages=frozen,
+                                winograd=winograd)
     else:
         raise ValueError("BACKBONE = {!r}: must be one of {} or a callable f(input_image, "
                          "stage5=True, train_bn=...) returning [C1..C5]".format(
                              backbone, _ARCHITECTURES))
     _, C2, C3, C4, C5 = features
-    return build_fpn(C2, C3, C4, C5, config.TOP_DOWN_PYRAMID_SIZE,
-                     winograd=resolve_winograd(getattr(config, "CONV3X3_WINOGRAD", False)))
+    return build_fpn(C2, C3, C4, C5, config.TOP_DOWN_PYRAMID_SIZE, winograd=winograd)

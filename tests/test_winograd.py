@@ -62,7 +62,13 @@ def _pair(channels=8, filters=6):
     return on, off
 
 
-def test_layer_uses_winograd_on_large_maps_only():
+@pytest.fixture
+def few_channels(monkeypatch):
+    """Lets Winograd run on the few channels of these fast tests."""
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_CHANNELS", 8)
+
+
+def test_layer_uses_winograd_on_large_maps_only(few_channels):
     on, off = _pair()
     rng = np.random.default_rng(3)
     big = tf.constant(rng.normal(size=(1, 64, 70, 8)), tf.float32)       # 4480 pixels
@@ -74,6 +80,56 @@ def test_layer_uses_winograd_on_large_maps_only():
     fn = tf.function(on, input_signature=[tf.TensorSpec([None, None, None, 8], tf.float32)])
     assert _rel_err(fn(big), want) < 1e-5
     np.testing.assert_array_equal(fn(small).numpy(), off(small).numpy())
+
+
+def test_layer_uses_the_direct_kernel_below_the_channel_threshold(few_channels):
+    on, off = _pair(channels=7)
+    x = tf.constant(np.random.default_rng(3).normal(size=(1, 64, 70, 7)), tf.float32)
+    np.testing.assert_array_equal(on(x).numpy(), off(x).numpy())
+
+
+def test_trainable_layer_in_training_takes_winograd_on_fewer_channels(monkeypatch):
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_CHANNELS", 16)
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_CHANNELS_TRAINING", 8)
+    on, off = _pair(channels=8)
+    inp = keras.Input((None, None, 8))
+    net = keras.Model(inp, on(inp))       # the flag reaches the layer through a model
+    x = tf.constant(np.random.default_rng(6).normal(size=(1, 64, 64, 8)), tf.float32)
+    want = off(x).numpy()
+    assert 0 < _rel_err(net(x, training=True), want) < 1e-5      # backward will flow
+    np.testing.assert_array_equal(net(x, training=False).numpy(), want)
+    on.trainable = False                                          # frozen: forward only
+    np.testing.assert_array_equal(net(x, training=True).numpy(), want)
+
+
+def test_default_thresholds_are_the_measured_ones():
+    # benchmarks/bench_winograd.py: forward, 256 channels on 64x64 faster, 128 channels or
+    # 32x32 maps slower; forward + backward, 128 channels faster too, 64 slower.
+    assert winograd.MIN_WINOGRAD_AREA == 64 * 64 and winograd.MIN_WINOGRAD_CHANNELS == 256
+    assert winograd.MIN_WINOGRAD_CHANNELS_TRAINING == 128
+
+
+def test_resnet_3x3_convs_by_winograd_keep_names_weights_and_outputs(monkeypatch):
+    from mrcnn.backbone import resnet_graph
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_AREA", 1)
+
+    def build(flag):
+        inp = keras.Input((64, 64, 3))
+        return keras.Model(inp, resnet_graph(inp, "resnet50", winograd=flag)[1:])
+
+    keras.utils.set_random_seed(0)
+    on, off = build(True), build(False)
+    assert [w.path for w in on.weights] == [w.path for w in off.weights]
+    off.set_weights(on.get_weights())
+    wino = [layer.name for layer in on.layers if getattr(layer, "winograd", False)]
+    # Every bottleneck's 3x3 (ResNet strides its 1x1 convs), nothing else.
+    assert len(wino) == 16 and all(n.endswith("_branch2b") for n in wino)
+    assert isinstance(off.get_layer("res4a_branch2b"), keras.layers.Conv2D)
+    x = tf.constant(np.random.default_rng(5).normal(size=(1, 64, 64, 3)), tf.float32)
+    got, want = on(x), off(x)
+    for g, w in zip(got, want):
+        assert 0 < _rel_err(g, w) < 1e-4
 
 
 def test_layer_is_a_conv2d_for_weights_and_config():
@@ -100,7 +156,7 @@ def test_resolve_setting():
     assert resolve_winograd("auto") == (not tf.config.list_logical_devices("GPU"))
 
 
-def test_model_outputs_match_with_and_without_winograd(tmp_path):
+def test_model_outputs_match_with_and_without_winograd(tmp_path, monkeypatch):
     from mrcnn import model as modellib
     from tiny_models import tiny_shapes_config_class
 
@@ -113,6 +169,7 @@ def test_model_outputs_match_with_and_without_winograd(tmp_path):
         keras.utils.set_random_seed(0)
         return modellib.MaskRCNN("inference", Big(), str(tmp_path))
 
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_CHANNELS", 1)    # tiny pyramid
     on, off = build(True), build(False)
     off.keras_model.set_weights(on.keras_model.get_weights())
     assert on.keras_model.get_layer("fpn_p2").winograd
