@@ -373,7 +373,8 @@ def format_table(results):
                 continue
             fa = "-" if a is None else "{:.3f}".format(a)
             fb = "-" if b is None else "{:.3f}".format(b)
-            ratio = "-" if a is None or b is None else "{:.2f}".format(a / b)
+            # (Model Garden may keep no detection above its threshold: no ratio then.)
+            ratio = "-" if a is None or not b else "{:.2f}".format(a / b)
             rows.append((str(r["size"]), name, fa, fb, ratio))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     return "\n".join("  ".join(v.rjust(w) if i != 1 else v.ljust(w)

@@ -89,14 +89,15 @@ class _Builder(object):
             layer.trainable = False
         return layer(x)
 
-    def conv(self, x, stage, filters, kernel, name, strides=1, padding="valid", groups=1):
+    def conv(self, x, stage, filters, kernel, name, strides=1, padding="valid", groups=1,
+             use_bias=True):
         if self.winograd and kernel == 3 and strides == 1 and padding == "same" \
                 and groups == 1:
             # Same variables and names as the Conv2D below (weight files load either way).
-            layer = Conv3x3(filters, winograd=True, use_bias=True, name=name)
+            layer = Conv3x3(filters, winograd=True, use_bias=use_bias, name=name)
         else:
             layer = KL.Conv2D(filters, kernel, strides=strides, padding=padding,
-                              groups=groups, use_bias=True, name=name)
+                              groups=groups, use_bias=use_bias, name=name)
         return self.apply(layer, stage, x)
 
     def bn(self, x, stage, name):
@@ -108,33 +109,63 @@ class _Builder(object):
         return self.apply(KL.Activation("relu", name=name), stage, x)
 
 
-def _bottleneck(b, x, stage, block, widths, strides, shortcut_conv, groups, stride_on_3x3):
+def _bottleneck(b, x, stage, block, filters, strides, shortcut_conv, groups, stride_on_3x3,
+                kernel_size=3, use_bias=True):
     """One bottleneck residual block with Matterport's names.
 
-    widths = (bottleneck width, output width). ResNet (Matterport/Caffe) strides the first
-    1x1 conv; ResNeXt strides the grouped 3x3 conv (as in the ResNeXt paper).
+    filters = (1x1 width, kxk width, output width). ResNet (Matterport/Caffe) strides the
+    first 1x1 conv; ResNeXt strides the grouped kxk conv (as in the ResNeXt paper).
     """
-    mid, out = widths
+    f1, f2, out = filters
     conv = "res{}{}_branch".format(stage, block)
     bn = "bn{}{}_branch".format(stage, block)
     s1, s3 = (1, strides) if stride_on_3x3 else (strides, 1)
 
-    y = b.conv(x, stage, mid, 1, conv + "2a", strides=s1)
+    y = b.conv(x, stage, f1, 1, conv + "2a", strides=s1, use_bias=use_bias)
     y = b.bn(y, stage, bn + "2a")
     y = b.relu(y, stage, conv + "2a_relu")
-    y = b.conv(y, stage, mid, 3, conv + "2b", strides=s3, padding="same", groups=groups)
+    y = b.conv(y, stage, f2, kernel_size, conv + "2b", strides=s3, padding="same",
+               groups=groups, use_bias=use_bias)
     y = b.bn(y, stage, bn + "2b")
     y = b.relu(y, stage, conv + "2b_relu")
-    y = b.conv(y, stage, out, 1, conv + "2c")
+    y = b.conv(y, stage, out, 1, conv + "2c", use_bias=use_bias)
     y = b.bn(y, stage, bn + "2c")
 
     if shortcut_conv:
-        shortcut = b.conv(x, stage, out, 1, conv + "1", strides=strides)
+        shortcut = b.conv(x, stage, out, 1, conv + "1", strides=strides, use_bias=use_bias)
         shortcut = b.bn(shortcut, stage, bn + "1")
     else:
         shortcut = x
     y = b.apply(KL.Add(name="res{}{}_add".format(stage, block)), stage, [y, shortcut])
     return b.relu(y, stage, "res{}{}_out".format(stage, block))
+
+
+def identity_block(input_tensor, kernel_size, filters, stage, block, use_bias=True,
+                   train_bn=True):
+    """Matterport's identity block: a bottleneck whose shortcut is the input itself.
+
+    input_tensor: Keras tensor with filters[2] channels. kernel_size: the middle conv's.
+    filters: (1x1, kxk, 1x1 output) widths. stage (int), block ('a', 'b', ...): make the
+    layer names (res{stage}{block}_branch2a, bn{stage}{block}_branch2a, ...).
+    """
+    return _bottleneck(_Builder(bool(train_bn), 0), input_tensor, stage, block,
+                       tuple(filters), 1, shortcut_conv=False, groups=1,
+                       stride_on_3x3=False, kernel_size=kernel_size, use_bias=use_bias)
+
+
+def conv_block(input_tensor, kernel_size, filters, stage, block, strides=(2, 2),
+               use_bias=True, train_bn=True):
+    """Matterport's conv block: a bottleneck with a strided 1x1 conv on the shortcut (and
+    on its first conv). Arguments as identity_block; strides: int or (s, s)."""
+    if not isinstance(strides, numbers.Integral):
+        sy, sx = strides
+        if sy != sx:
+            raise ValueError("conv_block {}{}: strides must be square, got {!r}".format(
+                stage, block, strides))
+        strides = sy
+    return _bottleneck(_Builder(bool(train_bn), 0), input_tensor, stage, block,
+                       tuple(filters), int(strides), shortcut_conv=True, groups=1,
+                       stride_on_3x3=False, kernel_size=kernel_size, use_bias=use_bias)
 
 
 def _block_letters(count):
@@ -190,7 +221,7 @@ def resnet_graph(input_image, architecture, stage5=True, train_bn=True, frozen_s
             first = i == 0
             # res2 keeps the stem's resolution; later stages halve it in their first block.
             strides = (1 if stage == 2 else 2) if first else 1
-            x = _bottleneck(b, x, stage, block, (mid, out), strides, shortcut_conv=first,
+            x = _bottleneck(b, x, stage, block, (mid, mid, out), strides, shortcut_conv=first,
                             groups=groups, stride_on_3x3=stride_on_3x3)
         outputs.append(x)
     return outputs

@@ -757,11 +757,14 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
     inputs: [images, image_meta, rpn_match, rpn_bbox, gt_class_ids, gt_boxes, gt_masks]
     batched numpy arrays (dtypes as build_dataset). Images without instances are
     skipped; a broken image is logged and skipped, and the sixth error is raised (as
-    Matterport). random_rois / detection_targets are not supported.
+    Matterport). random_rois > 0 appends rpn_rois [batch, random_rois, 4] (pixels,
+    generate_random_rois) to inputs, as Matterport; detection_targets is not supported
+    (the graph's DetectionTargetLayer builds those targets).
     """
-    if random_rois or detection_targets:
-        raise NotImplementedError("data_generator: random_rois and detection_targets are "
-                                  "not supported; targets come from DetectionTargetLayer")
+    if detection_targets:
+        raise NotImplementedError("data_generator: detection_targets is not supported; "
+                                  "targets come from DetectionTargetLayer in the graph")
+    random_rois = int(random_rois or 0)
     check_dataset(dataset, "dataset", config)
     anchors = utils.get_anchors(config, config.IMAGE_SHAPE)
     spec = example_spec(config, anchors.shape[0])
@@ -797,8 +800,53 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
         batch.append(example)
         if len(batch) == batch_size:
             inputs = [np.stack([ex[k] for ex in batch]) for k in spec]
+            if random_rois:
+                inputs.append(np.stack([generate_random_rois(
+                    ex["input_image"].shape, random_rois,
+                    ex["input_gt_class_ids"][ex["input_gt_class_ids"] > 0],
+                    ex["input_gt_boxes"][ex["input_gt_class_ids"] > 0]) for ex in batch]))
             batch = []
             yield inputs, []
+
+
+def generate_random_rois(image_shape, count, gt_class_ids, gt_boxes, rng=None):
+    """Random ROI boxes, most of them near the GT boxes (Matterport's function, for
+    inspecting detection targets).
+
+    image_shape: (H, W, ...). count: ROIs wanted. gt_class_ids [G] (unused, kept for
+    Matterport's signature); gt_boxes [G, 4] (y1, x1, y2, x2) pixels. About 90% of the
+    ROIs (an equal share per GT box) lie in the box grown by its own height and width on
+    each side, clipped to the image; the rest anywhere in the image. Every ROI is at
+    least 2 px high and wide, unless the region is too small to hold that.
+    Returns int32 [count, 4] (y1, x1, y2, x2) pixels.
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    h, w = int(image_shape[0]), int(image_shape[1])
+    gt_boxes = np.asarray(gt_boxes, np.int64).reshape(-1, 4)
+    per_box = int(0.9 * count / len(gt_boxes)) if len(gt_boxes) else 0
+    regions = []
+    for y1, x1, y2, x2 in gt_boxes:
+        gh, gw = y2 - y1, x2 - x1
+        regions.append(((max(y1 - gh, 0), min(y2 + gh, h)),
+                        (max(x1 - gw, 0), min(x2 + gw, w)), per_box))
+    regions.append(((0, h), (0, w), count - per_box * len(gt_boxes)))
+    rois = [_random_boxes_in(rng, ys, xs, n) for ys, xs, n in regions if n > 0]
+    return np.concatenate(rois).astype(np.int32) if rois else np.zeros((0, 4), np.int32)
+
+
+def _random_boxes_in(rng, y_range, x_range, n, min_size=2):
+    """n boxes [n, 4] with corners drawn uniformly in [lo, hi) per axis, each side at
+    least min_size (or the range's span, if smaller)."""
+    sides = []
+    for lo, hi in (y_range, x_range):
+        need = min(min_size, max(hi - lo - 1, 0))
+        pairs = np.zeros((0, 2), np.int64)
+        while len(pairs) < n:
+            draw = np.sort(rng.integers(lo, max(hi, lo + 1), (2 * n, 2)), axis=1)
+            pairs = np.concatenate([pairs, draw[draw[:, 1] - draw[:, 0] >= need]])
+        sides.append(pairs[:n])
+    (y1, y2), (x1, x2) = sides[0].T, sides[1].T
+    return np.stack([y1, x1, y2, x2], axis=1)
 
 
 def _fliplr_half():

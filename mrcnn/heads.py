@@ -103,10 +103,22 @@ def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_dim=512, in
         rpn_probs        [B, A, 2] softmax, float32
         rpn_bbox         [B, A, 4] (dy, dx, log(dh), log(dw)) std-scaled deltas, float32
     """
+    feature_map = keras.Input(shape=[None, None, depth], name="input_rpn_feature_map")
+    outputs = rpn_graph(feature_map, anchors_per_location, anchor_stride, conv_dim=conv_dim,
+                        init_std=init_std, winograd=winograd)
+    # A single (non-list) input, so the model is called per level as rpn(P) without a
+    # Keras input-structure warning.
+    return keras.Model(feature_map, outputs, name="rpn_model")
+
+
+def rpn_graph(feature_map, anchors_per_location, anchor_stride, conv_dim=512, init_std=None,
+              winograd=False):
+    """The RPN's layers on one feature map (Matterport's function; build_rpn_model wraps
+    it in the shared ``rpn_model``). Arguments and outputs as build_rpn_model:
+    [rpn_class_logits, rpn_probs, rpn_bbox]."""
     init = {} if init_std is None else dict(
         kernel_initializer=keras.initializers.RandomNormal(stddev=float(init_std)),
         bias_initializer="zeros")
-    feature_map = keras.Input(shape=[None, None, depth], name="input_rpn_feature_map")
     if anchor_stride == 1:
         shared = Conv3x3(int(conv_dim), activation="relu", winograd=winograd,
                          name="rpn_conv_shared", **init)(feature_map)
@@ -121,10 +133,7 @@ def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_dim=512, in
     x = KL.Conv2D(4 * anchors_per_location, 1, padding="valid", name="rpn_bbox_pred",
                   **init)(shared)
     rpn_bbox = KL.Reshape((-1, 4), dtype="float32", name="rpn_bbox_pred_reshape")(x)
-    # A single (non-list) input, so the model is called per level as rpn(P) without a
-    # Keras input-structure warning.
-    return keras.Model(feature_map, [rpn_class_logits, rpn_probs, rpn_bbox],
-                       name="rpn_model")
+    return [rpn_class_logits, rpn_probs, rpn_bbox]
 
 
 ############################################################

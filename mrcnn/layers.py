@@ -525,7 +525,11 @@ class DetectionLayer(keras.layers.Layer):
 
         meta = parse_image_meta_graph(image_meta)
         window = norm_boxes_graph(meta["window"], meta["image_shape"][0, :2])  # [B, 4]
+        return self.refine(rois, probs, deltas, window)
 
+    def refine(self, rois, probs, deltas, window):
+        """The detections of ``call`` from a normalised window [B, 4] instead of the image
+        meta (rois, probs, deltas as ``call``'s inputs, float32). Returns [B, D, 6]."""
         class_ids = tf.argmax(probs, axis=-1, output_type=tf.int32)          # [B, N]
         scores = tf.reduce_max(probs, axis=-1)
         # Per-class deltas [B, N, C, 4] -> the argmax class's; class-agnostic [B, N, 1, 4]
@@ -559,3 +563,46 @@ class DetectionLayer(keras.layers.Layer):
         config.update({"config": dict(self.config),
                        "bbox_std_dev": self._bbox_std_dev_config})
         return config
+
+
+############################################################
+#  Matterport's per-image graph functions
+############################################################
+
+def trim_zeros_graph(boxes, name="trim_zeros"):
+    """Drop all-zero (padding) rows. boxes [N, 4] -> (boxes [n, 4], non_zeros [N] bool)."""
+    non_zeros = tf.cast(tf.reduce_sum(tf.abs(boxes), axis=1), tf.bool)
+    return tf.boolean_mask(boxes, non_zeros, name=name), non_zeros
+
+
+def batch_pack_graph(x, counts, num_rows):
+    """The first counts[i] rows of each x[i], concatenated. x [num_rows, N, ...], counts
+    [num_rows] int -> [sum(counts), ...]."""
+    keep = tf.sequence_mask(counts[:num_rows], tf.shape(x)[1])
+    return tf.boolean_mask(x[:num_rows], keep)
+
+
+def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, config):
+    """DetectionTargetLayer on one image (Matterport's per-image function).
+
+    proposals [P, 4] normalised, zero padded; gt_class_ids [G] int; gt_boxes [G, 4]
+    normalised; gt_masks [h, w, G]. Returns rois [T, 4] normalised, class_ids [T] int32,
+    deltas [T, 4], masks [T, MASK_SHAPE[0], MASK_SHAPE[1]] (T = TRAIN_ROIS_PER_IMAGE).
+    """
+    layer = DetectionTargetLayer(config)
+    out = layer([proposals[tf.newaxis], gt_class_ids[tf.newaxis], gt_boxes[tf.newaxis],
+                 gt_masks[tf.newaxis]])
+    return [t[0] for t in out]
+
+
+def refine_detections_graph(rois, probs, deltas, window, config):
+    """DetectionLayer on one image (Matterport's per-image function).
+
+    rois [N, 4] normalised; probs [N, NUM_CLASSES]; deltas [N, NUM_CLASSES, 4] std-scaled;
+    window [4] (y1, x1, y2, x2) of the image in the padded frame, normalised. Returns
+    [DETECTION_MAX_INSTANCES, 6] rows (y1, x1, y2, x2, class_id, score), zero padded.
+    """
+    def batch_of_one(t):
+        return tf.cast(t, tf.float32)[tf.newaxis]
+    return DetectionLayer(config).refine(batch_of_one(rois), batch_of_one(probs),
+                                         batch_of_one(deltas), batch_of_one(window))[0]

@@ -34,14 +34,18 @@ from mrcnn.utils import compute_backbone_shapes  # noqa: F401  (Matterport's nam
 
 # Matterport's scripts and notebooks reach these through ``mrcnn.model`` (``modellib``);
 # each is defined once in its own module and only re-exported here.
-from mrcnn.backbone import BatchNorm, resnet_graph  # noqa: F401,E402
+from mrcnn.backbone import (BatchNorm, conv_block, identity_block,  # noqa: F401,E402
+                            resnet_graph)
 from mrcnn.box_ops import (apply_box_deltas_graph, clip_boxes_graph,  # noqa: F401,E402
                            denorm_boxes_graph, log2_graph, norm_boxes_graph, overlaps_graph)
-from mrcnn.data import build_rpn_targets, data_generator, load_image_gt  # noqa: F401,E402
+from mrcnn.data import (build_rpn_targets, data_generator,  # noqa: F401,E402
+                        generate_random_rois, load_image_gt)
 from mrcnn.heads import (build_fpn_mask_graph, build_rpn_model,  # noqa: F401,E402
-                         fpn_classifier_graph)
+                         fpn_classifier_graph, rpn_graph)
 from mrcnn.layers import (DetectionLayer, DetectionTargetLayer,  # noqa: F401,E402
-                          ProposalLayer, PyramidROIAlign)
+                          ProposalLayer, PyramidROIAlign, batch_pack_graph,
+                          detection_targets_graph, refine_detections_graph,
+                          trim_zeros_graph)
 from mrcnn.losses import (mrcnn_bbox_loss_graph, mrcnn_class_loss_graph,  # noqa: F401,E402
                           mrcnn_mask_loss_graph, rpn_bbox_loss_graph, rpn_class_loss_graph)
 from mrcnn.losses import smooth_l1 as smooth_l1_loss  # noqa: F401,E402

@@ -511,4 +511,11 @@ def test_data_generator_matterport_layout():
         assert arr.shape == (2,) + shape and arr.dtype == dtype
     np.testing.assert_array_equal(inputs[1][:, 0], [0, 2])  # the empty image is skipped
     with pytest.raises(NotImplementedError):
-        next(data.data_generator(ds, config, random_rois=10))
+        next(data.data_generator(ds, config, detection_targets=True))
+    # random_rois: an eighth input of ROIs around each image's GT boxes.
+    inputs, _ = next(data.data_generator(ds, config, shuffle=False, batch_size=2,
+                                         random_rois=10))
+    assert len(inputs) == 8 and inputs[7].shape == (2, 10, 4) and inputs[7].dtype == np.int32
+    h, w = inputs[0].shape[1:3]
+    assert (inputs[7][..., 2] <= h).all() and (inputs[7][..., 3] <= w).all()
+    assert (inputs[7][..., 2] > inputs[7][..., 0]).all()
