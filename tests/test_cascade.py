@@ -191,7 +191,7 @@ def test_cascade_training_steps_all_losses_finite_and_logged(cascade_training):
     # Eager steps: tracing the whole graph costs more than three steps here.
     trainer.compile(optimizer=trainer.optimizer, run_eagerly=True)
     ds = tf.data.Dataset.from_tensors(batch).repeat()
-    history = trainer.fit(ds, epochs=3, steps_per_epoch=1, verbose=0).history
+    history = trainer.fit(ds, epochs=3, steps_per_epoch=1, verbose=0, shuffle=False).history
     assert set(history) == set(STAGE_LOSSES) | {"loss"}
     for name in STAGE_LOSSES + ["loss"]:
         assert len(history[name]) == 3 and np.all(np.isfinite(history[name])), name
@@ -207,7 +207,8 @@ def test_cascade_every_loss_falls_on_a_fixed_batch(cascade_given_rois):
     trainer = model.compile(0.01)
     ds = tf.data.Dataset.from_tensors(batch).repeat()
     steps = 14
-    history = trainer.fit(ds, epochs=steps, steps_per_epoch=1, verbose=0).history
+    history = trainer.fit(ds, epochs=steps, steps_per_epoch=1, verbose=0,
+                          shuffle=False).history
     assert set(history) == set(STAGE_LOSSES) | {"loss"}
     for name in STAGE_LOSSES + ["loss"]:
         values = np.array(history[name])

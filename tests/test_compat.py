@@ -68,7 +68,10 @@ def test_utils_box_refinement_graph_matches_numpy():
     rng = np.random.default_rng(0)
     yx = rng.uniform(0, 50, (20, 2))
     box = np.concatenate([yx, yx + rng.uniform(1, 30, (20, 2))], axis=1).astype(np.float32)
-    gt = box + rng.uniform(-5, 5, box.shape).astype(np.float32)
+    # Each corner moves by up to 40% of the box's size: gt boxes keep a positive size.
+    size = np.tile(box[:, 2:] - box[:, :2], 2)
+    gt = (box + rng.uniform(-0.4, 0.4, box.shape) * size).astype(np.float32)
+    assert (gt[:, 2:] > gt[:, :2]).all()
     got = utils.box_refinement_graph(tf.constant(box), tf.constant(gt)).numpy()
     np.testing.assert_allclose(got, utils.box_refinement(box, gt), rtol=1e-5, atol=1e-5)
     assert "box_refinement_graph" in dir(utils)
