@@ -52,14 +52,23 @@ MIN_WINOGRAD_CHANNELS = 256
 MIN_WINOGRAD_CHANNELS_TRAINING = 128
 
 
-def winograd_conv3x3(x, kernel):
+def winograd_conv3x3(x, kernel, input_transform="patches"):
     """Stride-1 "same" 3x3 convolution of x by kernel, by Winograd F(4x4, 3x3).
 
     x: float32 [N, H, W, C] (H, W may be dynamic; C static). kernel: float32 [3, 3, C, F]
     (the Conv2D kernel layout). Returns float32 [N, H, W, F], equal to
     ``tf.nn.conv2d(x, kernel, 1, "SAME")`` up to float32 rounding. Differentiable in x and
     kernel (all steps are linear TF ops).
+
+    input_transform: how the 6x6 input tiles are gathered and transformed, same result:
+    "patches" (extract_patches, then one matmul) has the cheaper backward; "conv" (each
+    channel as a one-channel image through one stride-4 6x6 conv with 36 filters) the
+    cheaper forward (measured on the FPN's P2 conv at 1024 px: forward 0.22 -> 0.18 s,
+    forward + backward 0.55 -> 0.70 s).
     """
+    if input_transform not in ("patches", "conv"):
+        raise ValueError("winograd_conv3x3: input_transform must be 'patches' or 'conv', "
+                         "got {!r}".format(input_transform))
     c = x.shape[-1]
     f = kernel.shape[-1]
     shape = tf.shape(x)
@@ -69,14 +78,22 @@ def winograd_conv3x3(x, kernel):
     # "same" pads one pixel each side; the bottom/right pad also completes the last tile.
     x = tf.pad(x, [[0, 0], [1, tiles_h * OUT_TILE + 1 - h], [1, tiles_w * OUT_TILE + 1 - w],
                    [0, 0]])
-    patches = tf.image.extract_patches(x, [1, IN_TILE, IN_TILE, 1],
-                                       [1, OUT_TILE, OUT_TILE, 1], [1, 1, 1, 1], "VALID")
-    d = tf.reshape(patches, [-1, IN_TILE * IN_TILE, c])          # [T, 36 (row, col), C]
     # Input and output transforms of a 2-D tile are Kronecker products of the 1-D ones.
-    bt2 = tf.constant(np.kron(_BT, _BT), tf.float32)              # [36, 36]
+    bt2 = np.kron(_BT, _BT)                                       # [36 (ij), 36 (kl)]
+    if input_transform == "patches":
+        patches = tf.image.extract_patches(x, [1, IN_TILE, IN_TILE, 1],
+                                           [1, OUT_TILE, OUT_TILE, 1], [1, 1, 1, 1], "VALID")
+        d = tf.reshape(patches, [-1, IN_TILE * IN_TILE, c])      # [T, 36 (kl), C]
+        v = tf.einsum("ij,tjc->itc", tf.constant(bt2, tf.float32), d)   # [36, T, C]
+    else:
+        # Filter (k, l) -> output channel ij holds bt2[ij, kl]: the transform as a conv.
+        filters = tf.constant(bt2.T.reshape(IN_TILE, IN_TILE, 1, -1), tf.float32)
+        planes = tf.reshape(tf.transpose(x, [3, 0, 1, 2]),
+                            [-1, tiles_h * OUT_TILE + 2, tiles_w * OUT_TILE + 2, 1])
+        v = tf.nn.conv2d(planes, filters, OUT_TILE, "VALID")     # [C * N, th, tw, 36]
+        v = tf.transpose(tf.reshape(v, [c, -1, IN_TILE * IN_TILE]), [2, 1, 0])  # [36, T, C]
     at2 = tf.constant(np.kron(_AT, _AT), tf.float32)              # [16, 36]
     g = tf.constant(_G, tf.float32)
-    v = tf.einsum("ij,tjc->itc", bt2, d)                          # [36, T, C]
     u = tf.reshape(tf.einsum("ik,jl,klcf->ijcf", g, g, kernel),
                    [IN_TILE * IN_TILE, c, f])                     # [36, C, F]
     m = tf.matmul(v, u)                                           # [36, T, F]
@@ -92,16 +109,22 @@ def conv3x3_same(x, kernel, direct, backward=False):
     MIN_WINOGRAD_CHANNELS input channels (MIN_WINOGRAD_CHANNELS_TRAINING when ``backward``:
     gradients will flow through this conv), else ``direct(x, kernel)``. Decided in Python
     for static shapes, by tf.cond for dynamic ones (the inference function takes any image
-    size)."""
+    size). The input transform is the one with the cheaper pass that will run: "patches"
+    with a backward, "conv" without."""
     min_channels = MIN_WINOGRAD_CHANNELS_TRAINING if backward else MIN_WINOGRAD_CHANNELS
     if x.shape[-1] < min_channels:
         return direct(x, kernel)
+    transform = "patches" if backward else "conv"
+
+    def winograd(x, kernel):
+        return winograd_conv3x3(x, kernel, input_transform=transform)
+
     h, w = x.shape[1], x.shape[2]
     if h is not None and w is not None:
-        return winograd_conv3x3(x, kernel) if h * w >= MIN_WINOGRAD_AREA else direct(x, kernel)
+        return winograd(x, kernel) if h * w >= MIN_WINOGRAD_AREA else direct(x, kernel)
     shape = tf.shape(x)
     return tf.cond(shape[1] * shape[2] >= MIN_WINOGRAD_AREA,
-                   lambda: winograd_conv3x3(x, kernel), lambda: direct(x, kernel))
+                   lambda: winograd(x, kernel), lambda: direct(x, kernel))
 
 
 def resolve_winograd(setting):

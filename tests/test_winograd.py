@@ -26,17 +26,30 @@ def test_one_dimensional_transform_is_a_correlation():
         np.testing.assert_allclose(y, [d[i:i + 3] @ g for i in range(4)], atol=1e-12)
 
 
+@pytest.mark.parametrize("transform", ["patches", "conv"])
 @pytest.mark.parametrize("shape", [(2, 17, 23, 5), (1, 4, 4, 3), (1, 1, 1, 2), (3, 9, 2, 4)])
-def test_equals_direct_convolution(shape):
+def test_equals_direct_convolution(shape, transform):
     rng = np.random.default_rng(1)
     x = tf.constant(rng.normal(size=shape), tf.float32)
     k = tf.constant(rng.normal(size=(3, 3, shape[-1], 7)), tf.float32)
-    got = winograd_conv3x3(x, k)
+    got = winograd_conv3x3(x, k, input_transform=transform)
     assert got.shape == shape[:3] + (7,)
     assert _rel_err(got, _direct(x, k)) < 1e-5
 
 
-def test_gradients_equal_direct_gradients():
+def test_input_transforms_agree_and_unknown_one_is_refused():
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.normal(size=(2, 12, 15, 3)), tf.float32)
+    k = tf.constant(rng.normal(size=(3, 3, 3, 4)), tf.float32)
+    a = winograd_conv3x3(x, k, input_transform="patches")
+    b = winograd_conv3x3(x, k, input_transform="conv")
+    assert _rel_err(a, b) < 1e-6
+    with pytest.raises(ValueError, match="input_transform"):
+        winograd_conv3x3(x, k, input_transform="fft")
+
+
+@pytest.mark.parametrize("transform", ["patches", "conv"])
+def test_gradients_equal_direct_gradients(transform):
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(size=(2, 13, 10, 6)), tf.float32)
     k = tf.constant(rng.normal(size=(3, 3, 6, 4)), tf.float32)
@@ -48,7 +61,10 @@ def test_gradients_equal_direct_gradients():
             loss = tf.reduce_sum(fn(x, k) * weights)
         return tape.gradient(loss, [x, k])
 
-    for got, want in zip(grads(winograd_conv3x3), grads(_direct)):
+    def wino(a, b):
+        return winograd_conv3x3(a, b, input_transform=transform)
+
+    for got, want in zip(grads(wino), grads(_direct)):
         assert _rel_err(got, want) < 1e-5
 
 
@@ -100,6 +116,19 @@ def test_trainable_layer_in_training_takes_winograd_on_fewer_channels(monkeypatc
     np.testing.assert_array_equal(net(x, training=False).numpy(), want)
     on.trainable = False                                          # frozen: forward only
     np.testing.assert_array_equal(net(x, training=True).numpy(), want)
+
+
+def test_input_transform_follows_the_pass_that_will_run(few_channels, monkeypatch):
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_CHANNELS_TRAINING", 8)
+    on, _ = _pair()
+    spec = tf.TensorSpec([1, 64, 64, 8], tf.float32)
+
+    def op_types(training):
+        fn = tf.function(lambda t: on(t, training=training))
+        return {op.type for op in fn.get_concrete_function(spec).graph.get_operations()}
+
+    assert "ExtractImagePatches" in op_types(True)       # backward follows: patches
+    assert "ExtractImagePatches" not in op_types(False)  # forward only: the conv transform
 
 
 def test_default_thresholds_are_the_measured_ones():
