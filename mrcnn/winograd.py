@@ -52,23 +52,14 @@ MIN_WINOGRAD_CHANNELS = 256
 MIN_WINOGRAD_CHANNELS_TRAINING = 128
 
 
-def winograd_conv3x3(x, kernel, input_transform="patches"):
+def winograd_conv3x3(x, kernel):
     """Stride-1 "same" 3x3 convolution of x by kernel, by Winograd F(4x4, 3x3).
 
     x: float32 [N, H, W, C] (H, W may be dynamic; C static). kernel: float32 [3, 3, C, F]
     (the Conv2D kernel layout). Returns float32 [N, H, W, F], equal to
     ``tf.nn.conv2d(x, kernel, 1, "SAME")`` up to float32 rounding. Differentiable in x and
     kernel (all steps are linear TF ops).
-
-    input_transform: how the 6x6 input tiles are gathered and transformed, same result:
-    "patches" (extract_patches, then one matmul) has the cheaper backward; "conv" (each
-    channel as a one-channel image through one stride-4 6x6 conv with 36 filters) the
-    cheaper forward (measured on the FPN's P2 conv at 1024 px: forward 0.22 -> 0.18 s,
-    forward + backward 0.55 -> 0.70 s).
     """
-    if input_transform not in ("patches", "conv"):
-        raise ValueError("winograd_conv3x3: input_transform must be 'patches' or 'conv', "
-                         "got {!r}".format(input_transform))
     c = x.shape[-1]
     f = kernel.shape[-1]
     shape = tf.shape(x)
@@ -78,20 +69,7 @@ def winograd_conv3x3(x, kernel, input_transform="patches"):
     # "same" pads one pixel each side; the bottom/right pad also completes the last tile.
     x = tf.pad(x, [[0, 0], [1, tiles_h * OUT_TILE + 1 - h], [1, tiles_w * OUT_TILE + 1 - w],
                    [0, 0]])
-    # Input and output transforms of a 2-D tile are Kronecker products of the 1-D ones.
-    bt2 = np.kron(_BT, _BT)                                       # [36 (ij), 36 (kl)]
-    if input_transform == "patches":
-        patches = tf.image.extract_patches(x, [1, IN_TILE, IN_TILE, 1],
-                                           [1, OUT_TILE, OUT_TILE, 1], [1, 1, 1, 1], "VALID")
-        d = tf.reshape(patches, [-1, IN_TILE * IN_TILE, c])      # [T, 36 (kl), C]
-        v = tf.einsum("ij,tjc->itc", tf.constant(bt2, tf.float32), d)   # [36, T, C]
-    else:
-        # Filter (k, l) -> output channel ij holds bt2[ij, kl]: the transform as a conv.
-        filters = tf.constant(bt2.T.reshape(IN_TILE, IN_TILE, 1, -1), tf.float32)
-        planes = tf.reshape(tf.transpose(x, [3, 0, 1, 2]),
-                            [-1, tiles_h * OUT_TILE + 2, tiles_w * OUT_TILE + 2, 1])
-        v = tf.nn.conv2d(planes, filters, OUT_TILE, "VALID")     # [C * N, th, tw, 36]
-        v = tf.transpose(tf.reshape(v, [c, -1, IN_TILE * IN_TILE]), [2, 1, 0])  # [36, T, C]
+    v = _transformed_tiles(x)                                     # [36, T, C]
     at2 = tf.constant(np.kron(_AT, _AT), tf.float32)              # [16, 36]
     g = tf.constant(_G, tf.float32)
     u = tf.reshape(tf.einsum("ik,jl,klcf->ijcf", g, g, kernel),
@@ -104,27 +82,59 @@ def winograd_conv3x3(x, kernel, input_transform="patches"):
     return y[:, :h, :w]
 
 
+# Input and output transforms of a 2-D tile are Kronecker products of the 1-D ones.
+_BT2 = np.kron(_BT, _BT)                                          # [36 (ij), 36 (kl)]
+
+
+def _tiles_by_patches(x):
+    """B^T d B of every 6x6 tile (stride 4) of padded x [N, Hp, Wp, C] -> [36, T, C],
+    T = N * tiles_h * tiles_w, by extract_patches and one matmul."""
+    patches = tf.image.extract_patches(x, [1, IN_TILE, IN_TILE, 1],
+                                       [1, OUT_TILE, OUT_TILE, 1], [1, 1, 1, 1], "VALID")
+    d = tf.reshape(patches, [-1, IN_TILE * IN_TILE, x.shape[-1]])  # [T, 36 (kl), C]
+    return tf.einsum("ij,tjc->itc", tf.constant(_BT2, tf.float32), d)
+
+
+def _tiles_by_conv(x):
+    """_tiles_by_patches, computed as one stride-4 6x6 conv with 36 filters (filter kl ->
+    channel ij holds BT2[ij, kl]) over every channel plane as a one-channel image."""
+    shape = tf.shape(x)
+    planes = tf.reshape(tf.transpose(x, [3, 0, 1, 2]), [-1, shape[1], shape[2], 1])
+    filters = tf.constant(_BT2.T.reshape(IN_TILE, IN_TILE, 1, -1), tf.float32)
+    v = tf.nn.conv2d(planes, filters, OUT_TILE, "VALID")          # [C * N, th, tw, 36]
+    return tf.transpose(tf.reshape(v, [x.shape[-1], -1, IN_TILE * IN_TILE]), [2, 1, 0])
+
+
+@tf.custom_gradient
+def _transformed_tiles(x):
+    """Transformed input tiles [36, T, C] of padded x: forward by the conv (faster:
+    P2 at 1024 px 0.22 -> 0.18 s), gradient by extract_patches' (the conv's own, a
+    one-channel transposed conv, is slower: 0.55 -> 0.70 s forward + backward, against
+    0.50 s for this pair). Both give the same values."""
+    def grad(dv):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            v = _tiles_by_patches(x)
+        return tape.gradient(v, x, output_gradients=dv)
+    return _tiles_by_conv(x), grad
+
+
 def conv3x3_same(x, kernel, direct, backward=False):
     """winograd_conv3x3 on maps of at least MIN_WINOGRAD_AREA pixels and at least
     MIN_WINOGRAD_CHANNELS input channels (MIN_WINOGRAD_CHANNELS_TRAINING when ``backward``:
     gradients will flow through this conv), else ``direct(x, kernel)``. Decided in Python
     for static shapes, by tf.cond for dynamic ones (the inference function takes any image
-    size). The input transform is the one with the cheaper pass that will run: "patches"
-    with a backward, "conv" without."""
+    size)."""
     min_channels = MIN_WINOGRAD_CHANNELS_TRAINING if backward else MIN_WINOGRAD_CHANNELS
     if x.shape[-1] < min_channels:
         return direct(x, kernel)
-    transform = "patches" if backward else "conv"
-
-    def winograd(x, kernel):
-        return winograd_conv3x3(x, kernel, input_transform=transform)
 
     h, w = x.shape[1], x.shape[2]
     if h is not None and w is not None:
-        return winograd(x, kernel) if h * w >= MIN_WINOGRAD_AREA else direct(x, kernel)
+        return winograd_conv3x3(x, kernel) if h * w >= MIN_WINOGRAD_AREA else direct(x, kernel)
     shape = tf.shape(x)
     return tf.cond(shape[1] * shape[2] >= MIN_WINOGRAD_AREA,
-                   lambda: winograd(x, kernel), lambda: direct(x, kernel))
+                   lambda: winograd_conv3x3(x, kernel), lambda: direct(x, kernel))
 
 
 def resolve_winograd(setting):

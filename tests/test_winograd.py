@@ -26,30 +26,35 @@ def test_one_dimensional_transform_is_a_correlation():
         np.testing.assert_allclose(y, [d[i:i + 3] @ g for i in range(4)], atol=1e-12)
 
 
-@pytest.mark.parametrize("transform", ["patches", "conv"])
 @pytest.mark.parametrize("shape", [(2, 17, 23, 5), (1, 4, 4, 3), (1, 1, 1, 2), (3, 9, 2, 4)])
-def test_equals_direct_convolution(shape, transform):
+def test_equals_direct_convolution(shape):
     rng = np.random.default_rng(1)
     x = tf.constant(rng.normal(size=shape), tf.float32)
     k = tf.constant(rng.normal(size=(3, 3, shape[-1], 7)), tf.float32)
-    got = winograd_conv3x3(x, k, input_transform=transform)
+    got = winograd_conv3x3(x, k)
     assert got.shape == shape[:3] + (7,)
     assert _rel_err(got, _direct(x, k)) < 1e-5
 
 
-def test_input_transforms_agree_and_unknown_one_is_refused():
+def test_tile_transforms_agree_and_gradient_is_the_patches_one():
     rng = np.random.default_rng(7)
-    x = tf.constant(rng.normal(size=(2, 12, 15, 3)), tf.float32)
-    k = tf.constant(rng.normal(size=(3, 3, 3, 4)), tf.float32)
-    a = winograd_conv3x3(x, k, input_transform="patches")
-    b = winograd_conv3x3(x, k, input_transform="conv")
-    assert _rel_err(a, b) < 1e-6
-    with pytest.raises(ValueError, match="input_transform"):
-        winograd_conv3x3(x, k, input_transform="fft")
+    x = tf.constant(rng.normal(size=(2, 14, 18, 3)), tf.float32)   # padded: 3 x 4 tiles
+    by_conv, by_patches = winograd._tiles_by_conv(x), winograd._tiles_by_patches(x)
+    assert by_conv.shape == (36, 2 * 3 * 4, 3)
+    np.testing.assert_allclose(by_conv.numpy(), by_patches.numpy(), rtol=1e-6, atol=1e-5)
+    dv = tf.constant(rng.normal(size=by_conv.shape), tf.float32)
+    grads = []
+    for fn in (winograd._transformed_tiles, winograd._tiles_by_patches,
+               winograd._tiles_by_conv):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            v = fn(x)
+        grads.append(tape.gradient(v, x, output_gradients=dv).numpy())
+    np.testing.assert_array_equal(grads[0], grads[1])
+    np.testing.assert_allclose(grads[0], grads[2], rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("transform", ["patches", "conv"])
-def test_gradients_equal_direct_gradients(transform):
+def test_gradients_equal_direct_gradients():
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(size=(2, 13, 10, 6)), tf.float32)
     k = tf.constant(rng.normal(size=(3, 3, 6, 4)), tf.float32)
@@ -61,10 +66,7 @@ def test_gradients_equal_direct_gradients(transform):
             loss = tf.reduce_sum(fn(x, k) * weights)
         return tape.gradient(loss, [x, k])
 
-    def wino(a, b):
-        return winograd_conv3x3(a, b, input_transform=transform)
-
-    for got, want in zip(grads(wino), grads(_direct)):
+    for got, want in zip(grads(winograd_conv3x3), grads(_direct)):
         assert _rel_err(got, want) < 1e-5
 
 
@@ -116,19 +118,6 @@ def test_trainable_layer_in_training_takes_winograd_on_fewer_channels(monkeypatc
     np.testing.assert_array_equal(net(x, training=False).numpy(), want)
     on.trainable = False                                          # frozen: forward only
     np.testing.assert_array_equal(net(x, training=True).numpy(), want)
-
-
-def test_input_transform_follows_the_pass_that_will_run(few_channels, monkeypatch):
-    monkeypatch.setattr(winograd, "MIN_WINOGRAD_CHANNELS_TRAINING", 8)
-    on, _ = _pair()
-    spec = tf.TensorSpec([1, 64, 64, 8], tf.float32)
-
-    def op_types(training):
-        fn = tf.function(lambda t: on(t, training=training))
-        return {op.type for op in fn.get_concrete_function(spec).graph.get_operations()}
-
-    assert "ExtractImagePatches" in op_types(True)       # backward follows: patches
-    assert "ExtractImagePatches" not in op_types(False)  # forward only: the conv transform
 
 
 def test_default_thresholds_are_the_measured_ones():
