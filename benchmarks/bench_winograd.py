@@ -3,9 +3,8 @@
 For each case (the FPN output convs and the RPN conv at 512 and 1024 px, the mask head
 on 100 ROIs, small maps, the ResNet's bottleneck 3x3 convs at 1024 px): median seconds
 of the forward pass and of forward + backward (gradients for input and kernel), both
-algorithms alternated, and the largest relative difference of their outputs. Winograd
-runs with the input transform the library uses for that pass ("conv" forward only,
-"patches" with a backward). Prints a table and one JSON line per case.
+algorithms alternated, and the largest relative difference of their outputs. Prints a
+table and one JSON line per case.
 
     python benchmarks/bench_winograd.py [--repeats 5] [--cases small]
 """
@@ -69,16 +68,9 @@ def run_case(label, shape, filters, repeats):
             return tape.gradient(loss, [a, b])
         return step
 
-    # Each pass with the input transform the library picks for it (mrcnn.winograd).
-    def forward_winograd(a, b):
-        return winograd_conv3x3(a, b, input_transform="conv")
-
-    def trained_winograd(a, b):
-        return winograd_conv3x3(a, b, input_transform="patches")
-
-    fwd = {"direct": tf.function(direct), "winograd": tf.function(forward_winograd)}
+    fwd = {"direct": tf.function(direct), "winograd": tf.function(winograd_conv3x3)}
     bwd = {name: with_grads(fn) for name, fn in (("direct", direct),
-                                                  ("winograd", trained_winograd))}
+                                                  ("winograd", winograd_conv3x3))}
     want, got = fwd["direct"](x, k), fwd["winograd"](x, k)
     rel = float(tf.reduce_max(tf.abs(got - want)) / tf.reduce_max(tf.abs(want)))
     res = {"case": label, "shape": list(shape), "filters": filters, "max_rel_diff": rel}
