@@ -184,7 +184,7 @@ def resnet_graph(input_image, architecture, stage5=True, train_bn=True, frozen_s
     frozen_stages: 0..5; layers of stages 1 (stem) .. frozen_stages get trainable=False and
         their batch norm always runs in inference mode.
     winograd: the stride-1 3x3 convs by Winograd where it pays (mrcnn.winograd: at least
-        256 channels on maps of at least 64x64: res4 at 1024 px; res5 from 2048 px).
+        128 channels on maps of at least 64x64: res3 from 512 px, res4 from 1024 px).
 
     Returns [C1, C2, C3, C4, C5], strides 4, 4, 8, 16, 32 (C1 after the stem max-pool).
     """

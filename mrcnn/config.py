@@ -68,9 +68,9 @@ class Config(object):
     # (its weight files need it); 256 as detectron2 / Model Garden halves the RPN's cost,
     # a fifth of inference time at 1024 px.
     RPN_CONV_DIM = 512
-    # 3x3 convs of the FPN outputs and the RPN by Winograd F(4x4, 3x3) (mrcnn.winograd) on
-    # maps of at least 64x64 in float32: same weights and results (to float32 rounding),
-    # fewer multiplications. True / False / "auto" (on unless TensorFlow sees a GPU, where
+    # Stride-1 3x3 convs (FPN outputs, RPN, ResNet bottlenecks) by Winograd F(4x4, 3x3)
+    # (mrcnn.winograd) on maps of at least 64x64 with at least 128 input channels, in
+    # float32: same weights and results (to float32 rounding), fewer multiplications. True / False / "auto" (on unless TensorFlow sees a GPU, where
     # cuDNN chooses its own algorithm). Measured on the 2-core CPU: see README Performance.
     CONV3X3_WINOGRAD = "auto"
     # Initial weights of the RPN's convs: None = Keras' Glorot-uniform (Matterport); a

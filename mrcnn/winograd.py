@@ -5,10 +5,10 @@ A stride-1 "same" 3x3 convolution computed on overlapping 6x6 input tiles, each 
 Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). TensorFlow's CPU
 kernels (oneDNN) run the direct algorithm near the machine's peak, so fewer
 multiplications is the remaining float32 lever; cuDNN already chooses Winograd itself on
-GPUs. The input/output transforms cost memory traffic, so it pays on large maps only:
-on the 2-core CPU the FPN's P2 conv at 1024² (256x256x256 -> 256) went from 0.37 to
-0.26 s forward and 1.13 to 0.58 s forward + backward; below 64x64 maps it is slower
-(benchmarks/bench_winograd.py).
+GPUs. The input/output transforms cost memory traffic, so it pays on large maps with
+enough channels only: on the 2-core CPU the FPN's P2 conv at 1024² (256x256x256 -> 256)
+went from 0.36 to 0.18 s forward and 1.14 to 0.51 s forward + backward; below 64x64
+maps or 128 channels it is slower (benchmarks/bench_winograd.py).
 
 Results equal ``tf.nn.conv2d(x, kernel, 1, "SAME")`` to float32 rounding (relative error
 about 1e-5: the transforms have entries up to 8 and 1/24).
@@ -43,13 +43,9 @@ IN_TILE = 6      # input tile side (OUT_TILE + 3 - 1)
 # cost more than the multiplications saved (measured: 32x32 and 16x16 slower, 64x64 faster).
 MIN_WINOGRAD_AREA = 64 * 64
 # Nor do convs with fewer input channels: the transforms grow with C, the saved
-# multiplications with C * F. Forward only (inference, frozen layers): 128 -> 128 on
-# 128x128 1.1-1.6x slower, 256 -> 256 on 64x64 0.7-0.9x the direct time. Forward +
-# backward (a trainable layer in training): TensorFlow's CPU backward of the direct conv
-# costs ~3x its forward, Winograd's backward is matmuls, so 128 channels pay too (0.71x
-# on 128x128, 0.82x on 64x64); 64 do not (1.25x).
-MIN_WINOGRAD_CHANNELS = 256
-MIN_WINOGRAD_CHANNELS_TRAINING = 128
+# multiplications with C * F (measured: 64 -> 64 on 256x256 1.1x slower forward, 1.2x
+# forward + backward; 128 -> 128 on 64x64 and 128x128 0.8-0.9x / 0.7-0.9x).
+MIN_WINOGRAD_CHANNELS = 128
 
 
 def winograd_conv3x3(x, kernel):
@@ -119,16 +115,13 @@ def _transformed_tiles(x):
     return _tiles_by_conv(x), grad
 
 
-def conv3x3_same(x, kernel, direct, backward=False):
+def conv3x3_same(x, kernel, direct):
     """winograd_conv3x3 on maps of at least MIN_WINOGRAD_AREA pixels and at least
-    MIN_WINOGRAD_CHANNELS input channels (MIN_WINOGRAD_CHANNELS_TRAINING when ``backward``:
-    gradients will flow through this conv), else ``direct(x, kernel)``. Decided in Python
-    for static shapes, by tf.cond for dynamic ones (the inference function takes any image
+    MIN_WINOGRAD_CHANNELS input channels, else ``direct(x, kernel)``. Decided in Python for
+    static shapes, by tf.cond for dynamic ones (the inference function takes any image
     size)."""
-    min_channels = MIN_WINOGRAD_CHANNELS_TRAINING if backward else MIN_WINOGRAD_CHANNELS
-    if x.shape[-1] < min_channels:
+    if x.shape[-1] < MIN_WINOGRAD_CHANNELS:
         return direct(x, kernel)
-
     h, w = x.shape[1], x.shape[2]
     if h is not None and w is not None:
         return winograd_conv3x3(x, kernel) if h * w >= MIN_WINOGRAD_AREA else direct(x, kernel)
@@ -149,9 +142,7 @@ def resolve_winograd(setting):
 class Conv3x3(keras.layers.Conv2D):
     """A 3x3, stride-1, "same" Conv2D that computes by Winograd F(4x4, 3x3) when
     ``winograd`` is true, the inputs are float32 and the map has at least
-    MIN_WINOGRAD_AREA pixels and MIN_WINOGRAD_CHANNELS channels (or
-    MIN_WINOGRAD_CHANNELS_TRAINING when the layer is trainable and called with
-    ``training=True``), else the ordinary kernel.
+    MIN_WINOGRAD_AREA pixels and MIN_WINOGRAD_CHANNELS channels, else the ordinary kernel.
 
     Same variables (kernel [3, 3, C, F], bias [F]), names and outputs as
     ``Conv2D(filters, 3, padding="same")``, so weight files load either way.
@@ -168,19 +159,12 @@ class Conv3x3(keras.layers.Conv2D):
                 kwargs.get("name"), kernel_size))
         super().__init__(filters, 3, padding="same", **kwargs)
         self.winograd = bool(winograd)
-        self._backward = False
-
-    def call(self, inputs, training=None):
-        # Conv2D.call passes convolution_op no training flag: note it for this call.
-        self._backward = isinstance(training, (bool, np.bool_)) and bool(training) \
-            and self.trainable
-        return super().call(inputs)
 
     def convolution_op(self, inputs, kernel):
         direct = super().convolution_op
         if not self.winograd or inputs.dtype != tf.float32 or kernel.dtype != tf.float32:
             return direct(inputs, kernel)
-        return conv3x3_same(inputs, kernel, direct, backward=self._backward)
+        return conv3x3_same(inputs, kernel, direct)
 
     def get_config(self):
         config = super().get_config()
