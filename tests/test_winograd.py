@@ -185,3 +185,30 @@ def test_model_outputs_match_with_and_without_winograd(tmp_path, monkeypatch):
     for name in names:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-3, atol=1e-4)
     assert not np.array_equal(got["rpn_bbox"], want["rpn_bbox"])   # Winograd really ran
+
+
+def test_saved_model_export_with_winograd_matches_detect(tmp_path, monkeypatch):
+    # The serving export traces the same layers (tf.cond, custom gradient included).
+    from mrcnn import model as modellib
+    from tiny_models import small_resnet_config_class
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_AREA", 1)
+
+    class Wino(small_resnet_config_class()):
+        CONV3X3_WINOGRAD = True
+        IMAGES_PER_GPU = 1
+
+    keras.utils.set_random_seed(11)
+    model = modellib.MaskRCNN("inference", Wino(), str(tmp_path / "logs"))
+    assert model.keras_model.get_layer("res3a_branch2b").winograd
+    image = np.random.default_rng(8).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    want = model.detect([image])[0]
+    assert len(want["class_ids"]) > 0
+    path = model.export(str(tmp_path / "serving" / "1"), masks="full")
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    got = serve(images=tf.constant(image[None]))
+    n = int(got["num_detections"][0])
+    assert n == len(want["class_ids"])
+    np.testing.assert_array_equal(got["class_ids"][0, :n].numpy(), want["class_ids"])
+    np.testing.assert_allclose(got["scores"][0, :n].numpy(), want["scores"], atol=1e-4)
+    np.testing.assert_allclose(got["boxes"][0, :n].numpy(), want["rois"], atol=1e-3)
