@@ -29,11 +29,13 @@ Deliberate differences from Matterport (outputs on valid inputs are the same):
 * ``mold_mask`` (an empty stub in Matterport) is not provided.
 """
 
+import importlib.util
 import logging
 import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import urllib.request
 import warnings
@@ -42,6 +44,23 @@ import numpy as np
 import scipy.ndimage
 import skimage.io
 import skimage.transform
+
+
+def _fail_absent_optional_imports_fast(names=("pillow_heif",)):
+    """Mark absent optional modules that image decoding tries to import on every read.
+
+    imageio's Pillow plugin runs ``from pillow_heif import ...`` on each imread; when the
+    package is absent, every attempt searches sys.path under Python's import locks, from
+    all of tf.data's loader threads at once. Racing with a first import in the main
+    thread, that hung the test suite (about one run in four of test_robustness.py). A None
+    entry in sys.modules makes such an import fail at once, without locks or file system.
+    """
+    for name in names:
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
+            sys.modules[name] = None
+
+
+_fail_absent_optional_imports_fast()
 
 logger = logging.getLogger(__name__)
 

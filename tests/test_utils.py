@@ -533,3 +533,18 @@ def test_reexports_and_batch_slice():
     np.testing.assert_allclose(s.numpy(), x.numpy() + 1)
     s1, s2 = utils.batch_slice(x, lambda a: (a * 2, tf.reduce_sum(a)), 3)
     np.testing.assert_allclose(s2.numpy(), [6, 22, 38])
+
+
+def test_absent_optional_decoder_imports_fail_without_the_import_machinery():
+    # imageio's Pillow plugin tries pillow_heif on every read: absent, it must fail from
+    # sys.modules (no path search under import locks in every loader thread).
+    import importlib
+    import sys
+    from mrcnn import utils as mutils
+    mutils._fail_absent_optional_imports_fast(("mrcnn_no_such_module",))
+    assert sys.modules["mrcnn_no_such_module"] is None
+    with pytest.raises(ImportError, match="halted"):
+        importlib.import_module("mrcnn_no_such_module")
+    mutils._fail_absent_optional_imports_fast(("numpy",))      # present: left alone
+    assert sys.modules["numpy"] is np
+    del sys.modules["mrcnn_no_such_module"]
