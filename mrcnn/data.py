@@ -801,12 +801,17 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
         if len(batch) == batch_size:
             inputs = [np.stack([ex[k] for ex in batch]) for k in spec]
             if random_rois:
-                inputs.append(np.stack([generate_random_rois(
-                    ex["input_image"].shape, random_rois,
-                    ex["input_gt_class_ids"][ex["input_gt_class_ids"] > 0],
-                    ex["input_gt_boxes"][ex["input_gt_class_ids"] > 0]) for ex in batch]))
+                inputs.append(np.stack([_random_rois_for(ex, random_rois) for ex in batch]))
             batch = []
             yield inputs, []
+
+
+def _random_rois_for(example, count):
+    """generate_random_rois around a training example's real (non-padding) GT boxes."""
+    real = example["input_gt_class_ids"] > 0
+    return generate_random_rois(example["input_image"].shape, count,
+                                example["input_gt_class_ids"][real],
+                                example["input_gt_boxes"][real])
 
 
 def generate_random_rois(image_shape, count, gt_class_ids, gt_boxes, rng=None):
