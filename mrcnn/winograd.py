@@ -14,6 +14,8 @@ Results equal ``tf.nn.conv2d(x, kernel, 1, "SAME")`` to float32 rounding (relati
 about 1e-5: the transforms have entries up to 8 and 1/24).
 """
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -46,6 +48,12 @@ MIN_WINOGRAD_AREA = 64 * 64
 # multiplications with C * F (measured: 64 -> 64 on 256x256 1.1x slower forward, 1.2x
 # forward + backward; 128 -> 128 on 64x64 and 128x128 0.8-0.9x / 0.7-0.9x).
 MIN_WINOGRAD_CHANNELS = 128
+# In mixed bfloat16 on a CPU without AMX, oneDNN's bf16 convs run about twice the float32
+# ones, so Winograd (computed in float32 from the bf16 inputs) pays on larger convs only:
+# 128x128 maps and 256 channels (measured, forward + backward: FPN P2 at 1024 px 0.71 ->
+# 0.52 s, RPN P2 1.44 -> 0.89 s; 64x64 maps or 128 channels slower).
+MIN_WINOGRAD_AREA_BF16 = 128 * 128
+MIN_WINOGRAD_CHANNELS_BF16 = 256
 
 
 def winograd_conv3x3(x, kernel):
@@ -115,19 +123,41 @@ def _transformed_tiles(x):
     return _tiles_by_conv(x), grad
 
 
-def conv3x3_same(x, kernel, direct):
-    """winograd_conv3x3 on maps of at least MIN_WINOGRAD_AREA pixels and at least
-    MIN_WINOGRAD_CHANNELS input channels, else ``direct(x, kernel)``. Decided in Python for
-    static shapes, by tf.cond for dynamic ones (the inference function takes any image
-    size)."""
-    if x.shape[-1] < MIN_WINOGRAD_CHANNELS:
+def conv3x3_same(x, kernel, direct, min_area=None, min_channels=None):
+    """winograd_conv3x3 on maps of at least ``min_area`` pixels (default
+    MIN_WINOGRAD_AREA) and at least ``min_channels`` input channels (default
+    MIN_WINOGRAD_CHANNELS), else ``direct(x, kernel)``. Decided in Python for static
+    shapes, by tf.cond for dynamic ones (the inference function takes any image size).
+    bfloat16 x and kernel are computed in float32 and the result cast back."""
+    min_area = MIN_WINOGRAD_AREA if min_area is None else min_area
+    min_channels = MIN_WINOGRAD_CHANNELS if min_channels is None else min_channels
+    if x.shape[-1] < min_channels:
         return direct(x, kernel)
+
+    def by_winograd():
+        y = winograd_conv3x3(tf.cast(x, tf.float32), tf.cast(kernel, tf.float32))
+        return tf.cast(y, x.dtype)
+
     h, w = x.shape[1], x.shape[2]
     if h is not None and w is not None:
-        return winograd_conv3x3(x, kernel) if h * w >= MIN_WINOGRAD_AREA else direct(x, kernel)
+        return by_winograd() if h * w >= min_area else direct(x, kernel)
     shape = tf.shape(x)
-    return tf.cond(shape[1] * shape[2] >= MIN_WINOGRAD_AREA,
-                   lambda: winograd_conv3x3(x, kernel), lambda: direct(x, kernel))
+    return tf.cond(shape[1] * shape[2] >= min_area, by_winograd, lambda: direct(x, kernel))
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_amx(cpuinfo="/proc/cpuinfo"):
+    """True if this machine's CPU has AMX bfloat16 tiles (the Linux ``cpuinfo`` flag
+    ``amx_bf16``); False if it has not or the flags cannot be read. With AMX, oneDNN's
+    bfloat16 convolutions outrun any float32 algorithm."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
 
 
 def resolve_winograd(setting):
@@ -141,8 +171,10 @@ def resolve_winograd(setting):
 @keras.saving.register_keras_serializable(package="mrcnn")
 class Conv3x3(keras.layers.Conv2D):
     """A 3x3, stride-1, "same" Conv2D that computes by Winograd F(4x4, 3x3) when
-    ``winograd`` is true, the inputs are float32 and the map has at least
-    MIN_WINOGRAD_AREA pixels and MIN_WINOGRAD_CHANNELS channels, else the ordinary kernel.
+    ``winograd`` is true and the map is large enough: float32 inputs from MIN_WINOGRAD_AREA
+    pixels and MIN_WINOGRAD_CHANNELS channels; bfloat16 inputs (mixed precision) from
+    MIN_WINOGRAD_AREA_BF16 and MIN_WINOGRAD_CHANNELS_BF16, on CPUs without AMX only.
+    Otherwise (and for float16) the ordinary kernel.
 
     Same variables (kernel [3, 3, C, F], bias [F]), names and outputs as
     ``Conv2D(filters, 3, padding="same")``, so weight files load either way.
@@ -162,9 +194,14 @@ class Conv3x3(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         direct = super().convolution_op
-        if not self.winograd or inputs.dtype != tf.float32 or kernel.dtype != tf.float32:
+        if not self.winograd:
             return direct(inputs, kernel)
-        return conv3x3_same(inputs, kernel, direct)
+        if inputs.dtype == tf.float32 and kernel.dtype == tf.float32:
+            return conv3x3_same(inputs, kernel, direct)
+        if inputs.dtype == tf.bfloat16 and not cpu_has_amx():
+            return conv3x3_same(inputs, kernel, direct, MIN_WINOGRAD_AREA_BF16,
+                                MIN_WINOGRAD_CHANNELS_BF16)
+        return direct(inputs, kernel)
 
     def get_config(self):
         config = super().get_config()

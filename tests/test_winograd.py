@@ -110,6 +110,9 @@ def test_default_thresholds_are_the_measured_ones():
     # benchmarks/bench_winograd.py: 128 channels on 64x64 faster, 64 channels or 32x32
     # maps slower.
     assert winograd.MIN_WINOGRAD_AREA == 64 * 64 and winograd.MIN_WINOGRAD_CHANNELS == 128
+    # bfloat16: 256 channels on 128x128 faster (forward + backward), 64x64 or 128 slower.
+    assert winograd.MIN_WINOGRAD_AREA_BF16 == 128 * 128
+    assert winograd.MIN_WINOGRAD_CHANNELS_BF16 == 256
 
 
 def test_resnet_3x3_convs_by_winograd_keep_names_weights_and_outputs(monkeypatch):
@@ -144,14 +147,70 @@ def test_layer_is_a_conv2d_for_weights_and_config():
         Conv3x3(4, strides=2, name="bad")
 
 
-def test_bfloat16_compute_takes_the_direct_kernel():
-    on = Conv3x3(4, winograd=True, dtype="mixed_bfloat16", name="bf")
-    off = Conv3x3(4, winograd=False, dtype="mixed_bfloat16", name="bf_off")
-    x = tf.random.stateless_normal((1, 64, 64, 3), seed=(1, 2))
-    on.build(x.shape)
-    off.build(x.shape)
+def _bf16_pair(channels=8):
+    on = Conv3x3(6, winograd=True, dtype="mixed_bfloat16", name="bf")
+    off = Conv3x3(6, winograd=False, dtype="mixed_bfloat16", name="bf_off")
+    on.build((None, None, None, channels))
+    off.build((None, None, None, channels))
     off.set_weights(on.get_weights())
+    return on, off
+
+
+@pytest.fixture
+def count_winograd(monkeypatch):
+    """Counts winograd_conv3x3 calls (the layer's choice of algorithm)."""
+    calls = []
+    real = winograd.winograd_conv3x3
+
+    def counting(x, kernel):
+        calls.append((x.dtype, kernel.dtype))
+        return real(x, kernel)
+    monkeypatch.setattr(winograd, "winograd_conv3x3", counting)
+    return calls
+
+
+def test_bfloat16_compute_below_its_thresholds_takes_the_direct_kernel(count_winograd):
+    # 64x64 maps with 8 channels: float32 would take Winograd with 8-channel thresholds,
+    # bfloat16 (128x128, 256 channels by default) not.
+    on, off = _bf16_pair()
+    x = tf.random.stateless_normal((1, 64, 64, 8), seed=(1, 2))
     np.testing.assert_array_equal(on(x).numpy(), off(x).numpy())
+    assert count_winograd == []
+
+
+def test_bfloat16_compute_by_float32_winograd_above_its_thresholds(monkeypatch,
+                                                                 count_winograd):
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_AREA_BF16", 64 * 64)
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_CHANNELS_BF16", 8)
+    monkeypatch.setattr(winograd, "cpu_has_amx", lambda: False)
+    on, off = _bf16_pair()
+    x = tf.random.stateless_normal((1, 64, 70, 8), seed=(1, 2))
+    got = on(x)
+    assert got.dtype == tf.bfloat16
+    assert count_winograd == [(tf.float32, tf.float32)]       # float32 maths inside
+    # Reference: float32 direct conv of the bf16-rounded inputs and kernel; both ways
+    # differ from it by the bf16 rounding of the output only (2^-8 relative).
+    xb = tf.cast(tf.cast(x, tf.bfloat16), tf.float32)
+    kb = tf.cast(tf.cast(on.kernel, tf.bfloat16), tf.float32)
+    ref = tf.nn.conv2d(xb, kb, 1, "SAME") + tf.cast(tf.cast(on.bias, tf.bfloat16), tf.float32)
+    assert _rel_err(tf.cast(got, tf.float32), ref) < 2 ** -7
+    assert _rel_err(tf.cast(off(x), tf.float32), ref) < 2 ** -7
+    # Smaller maps, fewer channels, or a CPU with AMX: the bf16 kernel.
+    small = tf.random.stateless_normal((1, 40, 50, 8), seed=(3, 4))
+    np.testing.assert_array_equal(on(small).numpy(), off(small).numpy())
+    assert len(count_winograd) == 1
+    monkeypatch.setattr(winograd, "cpu_has_amx", lambda: True)
+    np.testing.assert_array_equal(on(x).numpy(), off(x).numpy())
+    assert len(count_winograd) == 1
+
+
+def test_cpu_has_amx_reads_the_cpuinfo_flags(tmp_path):
+    with_amx, without = tmp_path / "amx", tmp_path / "plain"
+    with_amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert winograd.cpu_has_amx(str(with_amx)) is True
+    assert winograd.cpu_has_amx(str(without)) is False
+    assert winograd.cpu_has_amx(str(tmp_path / "missing")) is False
 
 
 def test_resolve_setting():
