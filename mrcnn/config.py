@@ -442,22 +442,28 @@ class CascadeConfig(Config):
     CASCADE = True
 
 
-def cpu_supports_bfloat16(cpuinfo="/proc/cpuinfo"):
-    """True when the CPU does bfloat16 maths natively, as listed in ``cpuinfo`` (Linux):
-    x86 flags avx512_bf16 or amx_bf16, or the Arm feature bf16. False when the file
-    cannot be read (other systems): without these, "mixed_bfloat16" is emulated and
-    slower than float32 on a CPU."""
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU feature flags listed in ``cpuinfo`` (Linux: x86 "flags", Arm "Features"
+    lines), as a set of strings; empty when the file cannot be read (other systems)."""
     try:
         with open(cpuinfo) as f:
             text = f.read()
     except OSError:
-        return False
+        return set()
     flags = set()
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip().lower() in ("flags", "features"):
             flags.update(value.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return flags
+
+
+def cpu_supports_bfloat16(cpuinfo="/proc/cpuinfo"):
+    """True when the CPU does bfloat16 maths natively, as listed in ``cpuinfo`` (Linux):
+    x86 flags avx512_bf16 or amx_bf16, or the Arm feature bf16. False when the file
+    cannot be read (other systems): without these, "mixed_bfloat16" is emulated and
+    slower than float32 on a CPU."""
+    return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def apply_preset_r50_fpn(config_cls):

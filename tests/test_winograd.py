@@ -50,7 +50,9 @@ def test_tile_transforms_agree_and_gradient_is_the_patches_one():
             tape.watch(x)
             v = fn(x)
         grads.append(tape.gradient(v, x, output_gradients=dv).numpy())
-    np.testing.assert_array_equal(grads[0], grads[1])
+    # _transformed_tiles' own gradient (matmul + overlap-add) against extract_patches'
+    # and the conv's gradients: the same sums in other orders.
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(grads[0], grads[2], rtol=1e-5, atol=1e-4)
 
 
