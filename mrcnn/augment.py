@@ -1,8 +1,10 @@
 """Image augmentation with imgaug, safe for instance-mask stacks.
 
-This is the ONE module that imports imgaug. imgaug 0.4.0 predates numpy 2, so the
-aliases it reads at import time (``np.sctypes``, ``np.complex``) are defined here first,
-and only when numpy lacks them. Import the augmenters from here::
+This is the ONE module that imports imgaug. imgaug 0.4.0 predates numpy 2; the aliases
+it reads at import time (``np.sctypes``, ``np.complex``) are defined by the package's
+``mrcnn/__init__.py``, which Python runs before this module, so a user's own
+``import imgaug`` also works once any mrcnn module is imported. Import the augmenters
+from here::
 
     from mrcnn.augment import iaa
     augmentation = iaa.Sequential([iaa.Fliplr(0.5), iaa.Multiply((0.8, 1.2))])
@@ -12,24 +14,9 @@ instance masks. Masks only see the geometric augmenters named in ``MASK_AUGMENTE
 (Matterport's rule); colour augmenters (Multiply, GaussianBlur, ...) change the image only.
 """
 
+import imgaug  # the numpy aliases it needs: mrcnn/__init__.py
+import imgaug.augmenters as iaa
 import numpy as np
-
-# numpy 2 removed these; imgaug 0.4.0 reads np.sctypes at import and np.complex in the
-# blend/frequency-noise modules. Define them only if missing so a numpy that still has
-# them (or another package that already set them) is left untouched.
-if not hasattr(np, "sctypes"):
-    np.sctypes = {
-        "int": [np.int8, np.int16, np.int32, np.int64],
-        "uint": [np.uint8, np.uint16, np.uint32, np.uint64],
-        "float": [np.float16, np.float32, np.float64, np.longdouble],
-        "complex": [np.complex64, np.complex128, np.clongdouble],
-        "others": [bool, object, bytes, str, np.void],
-    }
-if not hasattr(np, "complex"):
-    np.complex = complex
-
-import imgaug  # noqa: E402  (must follow the aliases above)
-import imgaug.augmenters as iaa  # noqa: E402
 
 __all__ = ["iaa", "imgaug", "MASK_AUGMENTERS", "MAX_CV2_CHANNELS", "AugmentationError",
            "augment_image_and_masks", "mask_hook"]

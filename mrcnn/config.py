@@ -70,8 +70,10 @@ class Config(object):
     RPN_CONV_DIM = 512
     # Stride-1 3x3 convs (FPN outputs, RPN, ResNet bottlenecks) by Winograd F(4x4, 3x3)
     # (mrcnn.winograd) on maps of at least 64x64 with at least 128 input channels, in
-    # float32: same weights and results (to float32 rounding), fewer multiplications. True / False / "auto" (on unless TensorFlow sees a GPU, where
-    # cuDNN chooses its own algorithm). Measured on the 2-core CPU: see README Performance.
+    # float32: same weights and results (to float32 rounding), fewer multiplications. In
+    # mixed bfloat16, on CPUs without AMX, from 128x128 maps and 256 channels (computed in
+    # float32). True / False / "auto" (on unless TensorFlow sees a GPU, where cuDNN
+    # chooses its own algorithm). Measured on the 2-core CPU: see README Performance.
     CONV3X3_WINOGRAD = "auto"
     # Initial weights of the RPN's convs: None = Keras' Glorot-uniform (Matterport); a
     # number = normal with that std and zero biases (detectron2 / Model Garden: 0.01).
@@ -154,7 +156,8 @@ class Config(object):
 
     # Train the heads on RPN proposals (True) or on ROIs given as input (False).
     USE_RPN_ROIS = True
-    # Train batch-norm layers (False: frozen, the usual choice with small batches).
+    # Train batch-norm layers (False: frozen, the usual choice with small batches; None,
+    # Matterport's "normal mode", is the same as True).
     TRAIN_BN = False
     # Momentum of the batch-norm moving statistics (Keras default 0.99). With TRAIN_BN
     # from random weights and short runs, 0.9 lets inference statistics keep up.
@@ -198,6 +201,12 @@ class Config(object):
             self._fail("PRE_NMS_LIMIT", "must be an integer > 0")
 
         self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
+        if self.TRAIN_BN is None:
+            # Matterport: None = batch norm in its normal mode, trained with the model.
+            self.TRAIN_BN = True
+        if self.TRAIN_BN not in (True, False):     # 0 and 1 pass, as bools
+            self._fail("TRAIN_BN", "must be True, False or None (= True, as Matterport)")
+        self.TRAIN_BN = bool(self.TRAIN_BN)
 
         if self.IMAGE_RESIZE_MODE == "crop":
             self.IMAGE_SHAPE = np.array([self.IMAGE_MIN_DIM, self.IMAGE_MIN_DIM,

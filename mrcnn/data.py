@@ -158,16 +158,18 @@ def _checked_annotations(mask, class_ids, image_shape, num_classes, what):
 #  Ground truth of one image
 ############################################################
 
-def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=None,
-                  augment=False, rng=None):
+def load_image_gt(dataset, config, image_id, augment=False, augmentation=None,
+                  use_mini_mask=False, rng=None):
     """Load an image and its instances, resized per config, optionally augmented.
+    Matterport's signature and defaults (full-size masks unless use_mini_mask).
 
     dataset: a prepared utils.Dataset. image_id: internal image id.
+    augment: deprecated Matterport flag: random horizontal flip.
     augmentation: imgaug augmenter (mrcnn.augment.iaa) or None. Images get every
         augmenter, masks only the geometric ones (mrcnn.augment.MASK_AUGMENTERS). It must
         not change the image size.
-    use_mini_mask: None -> config.USE_MINI_MASK.
-    augment: deprecated Matterport flag: random horizontal flip.
+    use_mini_mask: True -> MINI_MASK_SHAPE masks; None -> config.USE_MINI_MASK (what
+        training uses).
     rng: np.random.Generator for the random choices here (flip, imgaug seed); None uses
         the global RNGs.
 
@@ -195,9 +197,9 @@ def _load_gt(dataset, config, image_id, augmentation, use_mini_mask, augment, rn
     active_class_ids) so callers that pad the image can compose their own meta."""
     if use_mini_mask is None:
         use_mini_mask = config.USE_MINI_MASK
-    if isinstance(augmentation, bool):
-        # Matterport's 4th positional argument was the boolean `augment` flag.
-        augment, augmentation = augment or augmentation, None
+    if augmentation is None and augment is not None and not isinstance(augment, bool):
+        # An augmenter given in the `augment` slot (4th positional argument).
+        augment, augmentation = False, augment
     what = describe_image(dataset, image_id)
 
     try:
@@ -758,13 +760,16 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
     batched numpy arrays (dtypes as build_dataset). Images without instances are
     skipped; a broken image is logged and skipped, and the sixth error is raised (as
     Matterport). random_rois > 0 appends rpn_rois [batch, random_rois, 4] (pixels,
-    generate_random_rois) to inputs, as Matterport; detection_targets is not supported
-    (the graph's DetectionTargetLayer builds those targets).
+    generate_random_rois) to inputs, as Matterport; with detection_targets as well, the
+    targets build_detection_targets makes from those ROIs follow: inputs gets rois
+    [batch, TRAIN_ROIS_PER_IMAGE, 4] (pixels) and the yielded outputs are [class_ids
+    [batch, T, 1], bbox [batch, T, NUM_CLASSES, 4], mask [batch, T, h, w, NUM_CLASSES]]
+    (for inspecting what the heads are trained on; training builds them in the graph).
     """
-    if detection_targets:
-        raise NotImplementedError("data_generator: detection_targets is not supported; "
-                                  "targets come from DetectionTargetLayer in the graph")
     random_rois = int(random_rois or 0)
+    if detection_targets and not random_rois:
+        logger.warning("data_generator: detection_targets needs random_rois > 0 (the "
+                       "targets are built from those ROIs); ignored, as Matterport")
     check_dataset(dataset, "dataset", config)
     anchors = utils.get_anchors(config, config.IMAGE_SHAPE)
     spec = example_spec(config, anchors.shape[0])
@@ -800,10 +805,21 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
         batch.append(example)
         if len(batch) == batch_size:
             inputs = [np.stack([ex[k] for ex in batch]) for k in spec]
+            outputs = []
             if random_rois:
-                inputs.append(np.stack([_random_rois_for(ex, random_rois) for ex in batch]))
+                rpn_rois = [_random_rois_for(ex, random_rois) for ex in batch]
+                inputs.append(np.stack(rpn_rois))
+                if detection_targets:
+                    targets = [build_detection_targets(r, ex["input_gt_class_ids"],
+                                                       ex["input_gt_boxes"],
+                                                       ex["input_gt_masks"], config)
+                               for r, ex in zip(rpn_rois, batch)]
+                    rois, class_ids, bbox, mask = (np.stack(t) for t in zip(*targets))
+                    inputs.append(rois)
+                    # Keras wanted outputs and targets of the same rank (Matterport).
+                    outputs = [class_ids[..., np.newaxis], bbox, mask]
             batch = []
-            yield inputs, []
+            yield inputs, outputs
 
 
 def _random_rois_for(example, count):
@@ -812,6 +828,57 @@ def _random_rois_for(example, count):
     return generate_random_rois(example["input_image"].shape, count,
                                 example["input_gt_class_ids"][real],
                                 example["input_gt_boxes"][real])
+
+
+def build_detection_targets(rpn_rois, gt_class_ids, gt_boxes, gt_masks, config):
+    """Matterport's numpy detection targets of one image, computed by the graph's own
+    DetectionTargetLayer (same sampling and targets as training), in Matterport's layout.
+
+    rpn_rois: [N, 4] (y1, x1, y2, x2) proposals in pixels of the molded image.
+    gt_class_ids: [G] int (0 = padding, < 0 = crowd). gt_boxes: [G, 4] pixels.
+    gt_masks: [H, W, G] bool, or mini masks [MINI_MASK_SHAPE..., G] when
+        config.USE_MINI_MASK (as load_image_gt / the training pipeline give them).
+    Returns (T = TRAIN_ROIS_PER_IMAGE; positives first, then negatives, then zeros):
+        rois: int32 [T, 4] pixels.
+        class_ids: int32 [T] (0 = background or padding).
+        bboxes: float32 [T, NUM_CLASSES, 4] box refinements divided by BBOX_STD_DEV, in
+            the slot of the ROI's class only.
+        masks: float32 [T, MASK_SHAPE[0], MASK_SHAPE[1], NUM_CLASSES] mask targets, in
+            the slot of the ROI's class only.
+    As in training, negatives are sampled in proportion to the positives
+    (ROI_POSITIVE_RATIO), so ROIs that hit no GT box give no targets at all unless
+    ROI_ADD_GT_AS_PROPOSALS adds the GT boxes to them.
+    """
+    import tensorflow as tf
+    from mrcnn.layers import DetectionTargetLayer
+    shape = tuple(int(v) for v in config.IMAGE_SHAPE[:2])
+    # The first (or only) box stage's targets, as graph.py builds them in training.
+    layer = DetectionTargetLayer(config, positive_iou=config.stage_positive_iou(0),
+                                 bbox_std_dev=config.stage_bbox_std_dev(0),
+                                 add_gt_as_proposals=bool(config.ROI_ADD_GT_AS_PROPOSALS))
+    gt_class_ids = np.asarray(gt_class_ids, np.int32)
+    gt_boxes = np.asarray(gt_boxes, np.float32)
+    out = layer([tf.constant(utils.norm_boxes(np.asarray(rpn_rois, np.float32), shape)[None]),
+                 tf.constant(gt_class_ids[None]),
+                 # Zero rows stay zero (padding): norm_boxes would shift them.
+                 tf.constant(np.where(gt_class_ids[:, None] != 0,
+                                      utils.norm_boxes(gt_boxes, shape), 0)[None],
+                             tf.float32),
+                 tf.constant(np.asarray(gt_masks, bool)[None])])
+    rois, class_ids, deltas, masks = (t[0] for t in out)
+    class_ids = class_ids.numpy().astype(np.int32)
+    rois = rois.numpy()
+    real = np.any(rois != 0, axis=1)
+    rois = np.where(real[:, None], utils.denorm_boxes(rois, shape), 0).astype(np.int32)
+    t, n = len(class_ids), config.NUM_CLASSES
+    bboxes = np.zeros((t, n, 4), np.float32)
+    bboxes[np.arange(t), class_ids] = deltas.numpy()
+    bboxes[:, 0] = 0                            # background: no box target
+    masks = masks.numpy().astype(np.float32)
+    class_masks = np.zeros((t,) + masks.shape[1:] + (n,), np.float32)
+    class_masks[np.arange(t), :, :, class_ids] = masks
+    class_masks[..., 0] = 0
+    return rois, class_ids, bboxes, class_masks
 
 
 def generate_random_rois(image_shape, count, gt_class_ids, gt_boxes, rng=None):

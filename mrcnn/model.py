@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mrcnn import utils  # noqa: F401  (also modellib.utils, as Matterport)
 from mrcnn.config import Config
 from mrcnn.graph import (INFERENCE_OUTPUTS, TRAINING_EXTRA_OUTPUTS, build_graph,
                          loss_output_names, numpy_anchors)
@@ -38,8 +39,8 @@ from mrcnn.backbone import (BatchNorm, conv_block, identity_block,  # noqa: F401
                             resnet_graph)
 from mrcnn.box_ops import (apply_box_deltas_graph, clip_boxes_graph,  # noqa: F401,E402
                            denorm_boxes_graph, log2_graph, norm_boxes_graph, overlaps_graph)
-from mrcnn.data import (build_rpn_targets, data_generator,  # noqa: F401,E402
-                        generate_random_rois, load_image_gt)
+from mrcnn.data import (build_detection_targets, build_rpn_targets,  # noqa: F401,E402
+                        data_generator, generate_random_rois, load_image_gt)
 from mrcnn.heads import (build_fpn_mask_graph, build_rpn_model,  # noqa: F401,E402
                          fpn_classifier_graph, rpn_graph)
 from mrcnn.layers import (DetectionLayer, DetectionTargetLayer,  # noqa: F401,E402
@@ -92,7 +93,9 @@ class MaskRCNN(object):
         return list(INFERENCE_OUTPUTS)
 
     def get_anchors(self, image_shape):
-        """Normalised anchors [A, 4] for a molded image shape (Matterport's get_anchors)."""
+        """Normalised anchors [A, 4] for a molded image shape (Matterport's get_anchors).
+        Also keeps them in pixels as ``self.anchors`` (Matterport's notebooks read it)."""
+        self.anchors = utils.get_anchors(self.config, image_shape)
         return numpy_anchors(self.config, image_shape)
 
     # ------------------------------------------------------------------ weights
@@ -172,12 +175,13 @@ class MaskRCNN(object):
 
     def compile(self, learning_rate, momentum=None):
         """Create the training wrapper with a fresh optimizer (needed after any change of
-        trainable layers)."""
+        trainable layers). momentum: None -> config.LEARNING_MOMENTUM."""
         if self.mode != "training":
             raise RuntimeError("compile() needs a model built in 'training' mode")
         with self.strategy.scope():
             self._trainer = TrainingModel(self.keras_model, self.config)
-            self._trainer.compile(optimizer=make_optimizer(self.config, learning_rate),
+            self._trainer.compile(optimizer=make_optimizer(self.config, learning_rate,
+                                                           momentum),
                                   jit_compile=False)
         return self._trainer
 
@@ -407,8 +411,9 @@ class MaskRCNN(object):
         """Run the graph on images and return the named intermediate tensors.
 
         outputs: list of (name, tensor-or-layer-name) pairs, where the second element is a
-        KerasTensor of keras_model or the name of a layer. Returns an OrderedDict of numpy
-        arrays. Example:
+        KerasTensor of keras_model or the name of a layer. images: a list of images as
+        given to detect(), or, with image_metas, already molded images [B, H, W, C] (as
+        Matterport). Returns an OrderedDict of numpy arrays. Example:
             model.run_graph([image], [("proposals", "ROI"), ("p2", "fpn_p2")])
         """
         from collections import OrderedDict
@@ -427,7 +432,12 @@ class MaskRCNN(object):
             tensors.append(t)
         sub = keras.Model(model.inputs, tensors)
         if self.mode == "inference":
-            molded, metas, _ = self.mold_inputs(images)
+            if image_metas is None:
+                molded, metas, _ = self.mold_inputs(images)
+            else:
+                # As Matterport: with metas given, the images are already molded.
+                molded = np.asarray(images, np.float32)
+                metas = np.asarray(image_metas, np.float32)
             values = sub([tf.constant(molded), tf.constant(metas)], training=False)
         else:
             values = sub(images, training=False)

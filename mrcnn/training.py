@@ -162,24 +162,26 @@ def _optimizer_clips(optimizer):
     return any(getattr(opt, a, None) for a in ("global_clipnorm", "clipnorm", "clipvalue"))
 
 
-def make_optimizer(config, learning_rate):
+def make_optimizer(config, learning_rate, momentum=None):
     """config.OPTIMIZER ("sgd": Matterport's SGD with momentum; "adam") with global-norm
     clipping.
 
     Call it inside the strategy's scope. Under a multi-replica strategy the optimizer does
     not clip (Keras would clip each replica's part before the sum);
     TrainingModel.train_step clips the summed gradient instead.
+    momentum: None -> config.LEARNING_MOMENTUM.
     """
+    momentum = config.LEARNING_MOMENTUM if momentum is None else float(momentum)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     clip = config.GRADIENT_CLIP_NORM if replicas == 1 else None
     name = str(getattr(config, "OPTIMIZER", "sgd")).lower()
     if name == "sgd":
         opt = keras.optimizers.SGD(learning_rate=learning_rate,
-                                   momentum=config.LEARNING_MOMENTUM, global_clipnorm=clip)
+                                   momentum=momentum, global_clipnorm=clip)
     else:
         # Adam's beta_1 plays momentum's role; weight decay stays the L2 term of the loss.
         opt = keras.optimizers.Adam(learning_rate=learning_rate,
-                                    beta_1=config.LEARNING_MOMENTUM, global_clipnorm=clip)
+                                    beta_1=momentum, global_clipnorm=clip)
     if config.MIXED_PRECISION == "mixed_float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt

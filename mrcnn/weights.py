@@ -27,12 +27,15 @@ Public names: ``load_weights_by_name``, ``LoadReport``, ``save_weights_h5``,
 
 import dataclasses
 import errno
+import logging
 import os
 import re
 import tempfile
 
 import h5py
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 # Matterport's MaskRCNN.get_imagenet_weights file: the Keras-2 era ResNet-50 without the
 # classifier, whose layer names (conv1, bn_conv1, res2a_branch2a, ...) are Matterport's.
@@ -458,6 +461,12 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
 
     if verbose:
         print(report.summary())
+    elif report.skipped_shape_mismatch:
+        # Matterport raised here; these layers keep their initial values, so say so
+        # even when quiet (a new class count without exclude=[...] lands here).
+        logger.warning("%s: %d layer(s) not loaded, shapes differ from the model: %s",
+                       filepath, len({m[0] for m in report.skipped_shape_mismatch}),
+                       ", ".join(sorted({m[0] for m in report.skipped_shape_mismatch})))
         if verbose > 1:
             for name in report.loaded:
                 print("    loaded", name)

@@ -30,6 +30,23 @@ def _boxes(masks):
     return np.array(out)
 
 
+def test_any_mrcnn_import_lets_users_import_imgaug():
+    """Matterport's samples import imgaug themselves: after importing any mrcnn module
+    (here only mrcnn.config, numpy-only) a fresh interpreter imports imgaug under numpy 2."""
+    import subprocess
+    import sys
+    code = ("import numpy as np; had = hasattr(np, 'sctypes'); import mrcnn.config; "
+            "import imgaug.augmenters as iaa; "
+            "row = iaa.Fliplr(1.0)(image=np.arange(4, dtype=np.uint8).reshape(1, 4, 1)); "
+            "print(had, ''.join(map(str, row.ravel())))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    had, flipped = out.stdout.split()
+    assert flipped == "3210"
+    assert had == str(int(np.__version__.split(".")[0]) < 2)   # numpy 2 lacks it
+
+
 def test_numpy_aliases_and_iaa_export():
     import imgaug.augmenters
     assert iaa is imgaug.augmenters

@@ -31,6 +31,7 @@ MODEL_REEXPORTS = {
     "conv_block": ("mrcnn.backbone", "conv_block"),
     "rpn_graph": ("mrcnn.heads", "rpn_graph"),
     "generate_random_rois": ("mrcnn.data", "generate_random_rois"),
+    "build_detection_targets": ("mrcnn.data", "build_detection_targets"),
     "trim_zeros_graph": ("mrcnn.layers", "trim_zeros_graph"),
     "batch_pack_graph": ("mrcnn.layers", "batch_pack_graph"),
     "detection_targets_graph": ("mrcnn.layers", "detection_targets_graph"),

@@ -168,6 +168,7 @@ BAD = [
     (dict(CONV3X3_WINOGRAD="yes"), "CONV3X3_WINOGRAD"),
     (dict(RPN_INIT_STD="0.01"), "RPN_INIT_STD"),
     (dict(LEARNING_RATE_WARMUP_STEPS=-5), "LEARNING_RATE_WARMUP_STEPS"),
+    (dict(TRAIN_BN="yes"), "TRAIN_BN"),
 ]
 
 
@@ -179,6 +180,11 @@ def test_bad_value_raises_config_error_naming_attribute(attrs, attr):
     msg = str(err.value)
     assert "TestConfig.{} =".format(attr) in msg, msg
     assert isinstance(err.value, ValueError)
+
+
+def test_train_bn_none_is_matterports_normal_mode():
+    assert make(TRAIN_BN=None).TRAIN_BN is True
+    assert make(TRAIN_BN=0).TRAIN_BN is False and make().TRAIN_BN is False
 
 
 def test_loss_weight_messages_name_the_loss():

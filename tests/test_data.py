@@ -237,7 +237,8 @@ def test_rpn_without_gt_and_crowd_only():
 def test_load_image_gt_square_boxes_meta_and_masks():
     config = TinyConfig()
     ds = RectDataset([{"rects": RECTS}])
-    image, meta, class_ids, bbox, mask = data.load_image_gt(ds, config, 0)
+    image, meta, class_ids, bbox, mask = data.load_image_gt(ds, config, 0,
+                                                            use_mini_mask=True)
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
     np.testing.assert_array_equal(class_ids, [1, 2, 1])
     assert class_ids.dtype == np.int32
@@ -251,13 +252,35 @@ def test_load_image_gt_square_boxes_meta_and_masks():
     np.testing.assert_array_equal(m["active_class_ids"], [1, 1, 1])
     # Rectangles fill their boxes, so the mini masks are all True.
     assert mask.shape == (14, 14, 3) and mask.dtype == bool and mask.all()
-    _, _, _, bbox_full, full = data.load_image_gt(ds, config, 0, use_mini_mask=False)
+    # Matterport's default: full-size masks.
+    _, _, _, bbox_full, full = data.load_image_gt(ds, config, 0)
     assert full.shape == (64, 64, 3) and full.dtype == bool
     np.testing.assert_array_equal(utils.extract_bboxes(full), bbox_full)
     np.testing.assert_array_equal(bbox_full, bbox)
     # The image content moved with the masks: rectangle k was painted 40 * (k + 1).
     for k in range(3):
         assert np.all(image[full[:, :, k]] == 40 * (k + 1))
+
+
+def test_load_image_gt_takes_matterports_positional_arguments():
+    """(dataset, config, image_id, augment, augmentation, use_mini_mask) as Matterport."""
+    config = TinyConfig()
+    ds = RectDataset([{"rects": RECTS}])
+    image, _, ids, bbox, mask = data.load_image_gt(ds, config, 0)
+    _, _, _, bbox_mini, mini = data.load_image_gt(ds, config, 0, False, None, True)
+    assert mask.shape == (64, 64, 3) and mini.shape == (14, 14, 3)
+    np.testing.assert_array_equal(bbox_mini, bbox)
+    # augment=True: Matterport's random left-right flip (half the draws).
+    flipped = [data.load_image_gt(ds, config, 0, True, None, False,
+                                  np.random.default_rng(seed)) for seed in range(8)]
+    mirrored = [f for f in flipped if not np.array_equal(f[0], image)]
+    assert 0 < len(mirrored) < 8
+    for f in mirrored:
+        np.testing.assert_array_equal(f[0], image[:, ::-1])
+        np.testing.assert_array_equal(f[4], mask[:, ::-1])
+    # An augmenter passed 4th (where our earlier signature had `augmentation`).
+    _, _, _, _, by_slot = data.load_image_gt(ds, config, 0, iaa.Fliplr(1.0))
+    np.testing.assert_array_equal(by_slot, mask[:, ::-1])
 
 
 def test_instance_moved_out_is_dropped():
@@ -292,8 +315,8 @@ def test_crop_mode_drops_cropped_instances():
 def test_no_instances_and_crowds():
     config = TinyConfig()
     ds = RectDataset([{"rects": []}, {"rects": [(10, 10, 90, 120, -2), (20, 20, 40, 40, 1)]}])
-    image, meta, ids, bbox, mask = data.load_image_gt(ds, config, 0)
-    assert image.shape == (64, 64, 3)
+    image, meta, ids, bbox, mask = data.load_image_gt(ds, config, 0, use_mini_mask=None)
+    assert image.shape == (64, 64, 3)       # None: config.USE_MINI_MASK (True here)
     assert ids.shape == (0,) and bbox.shape == (0, 4) and mask.shape == (14, 14, 0)
     _, _, ids, _, _ = data.load_image_gt(ds, config, 1)
     np.testing.assert_array_equal(ids, [-2, 1])
@@ -429,7 +452,8 @@ def test_build_dataset_shapes_and_content():
         for i in range(2):
             image_id = int(b["input_image_meta"][i, 0])
             seen.append(image_id)
-            image, meta, ids, boxes, masks = data.load_image_gt(ds, config, image_id)
+            image, meta, ids, boxes, masks = data.load_image_gt(ds, config, image_id,
+                                                                use_mini_mask=None)
             np.testing.assert_allclose(b["input_image_meta"][i], meta)
             np.testing.assert_allclose(b["input_image"][i],
                                        image - config.MEAN_PIXEL.astype(np.float32))
@@ -510,8 +534,8 @@ def test_data_generator_matterport_layout():
     for arr, (shape, dtype) in zip(inputs, data.example_spec(config).values()):
         assert arr.shape == (2,) + shape and arr.dtype == dtype
     np.testing.assert_array_equal(inputs[1][:, 0], [0, 2])  # the empty image is skipped
-    with pytest.raises(NotImplementedError):
-        next(data.data_generator(ds, config, detection_targets=True))
+    # detection_targets without random_rois: ignored with a warning (Matterport).
+    assert len(next(data.data_generator(ds, config, detection_targets=True))[0]) == 7
     # random_rois: an eighth input of ROIs around each image's GT boxes.
     inputs, _ = next(data.data_generator(ds, config, shuffle=False, batch_size=2,
                                          random_rois=10))
@@ -519,3 +543,62 @@ def test_data_generator_matterport_layout():
     h, w = inputs[0].shape[1:3]
     assert (inputs[7][..., 2] <= h).all() and (inputs[7][..., 3] <= w).all()
     assert (inputs[7][..., 2] > inputs[7][..., 0]).all()
+
+
+def test_data_generator_detection_targets_follow_the_random_rois():
+    """random_rois + detection_targets (Matterport's inspect_data layout): inputs gain the
+    sampled rois, outputs are class ids, per-class box and mask targets; each is checked
+    against the GT boxes with numpy (IoU, box_refinement)."""
+    # The GT boxes join the proposals (the default), so every image has positives and,
+    # in proportion (ROI_POSITIVE_RATIO), negatives.
+    config = make_config(TRAIN_ROIS_PER_IMAGE=16)
+    ds = RectDataset([{"rects": RECTS}, {"rects": RECTS[:2]}])
+    gen = data.data_generator(ds, config, shuffle=False, batch_size=2, random_rois=40,
+                              detection_targets=True)
+    inputs, (class_ids, bbox, mask) = next(gen)
+    t, n = config.TRAIN_ROIS_PER_IMAGE, config.NUM_CLASSES
+    assert len(inputs) == 9
+    rois = inputs[8]
+    assert rois.shape == (2, t, 4) and rois.dtype == np.int32
+    assert class_ids.shape == (2, t, 1) and bbox.shape == (2, t, n, 4)
+    assert mask.shape == (2, t) + tuple(config.MASK_SHAPE) + (n,)
+    std = np.asarray(config.BBOX_STD_DEV)
+    for b in range(2):
+        gt_ids, gt_boxes = inputs[4][b], inputs[5][b]
+        real = gt_ids > 0
+        ids = class_ids[b, :, 0]
+        roi_real = np.any(rois[b] != 0, axis=1)
+        assert (ids > 0).sum() > 0 and (roi_real & (ids == 0)).sum() > 0
+        overlaps = utils.compute_overlaps(rois[b][roi_real].astype(np.float64),
+                                          gt_boxes[real].astype(np.float64))
+        best = overlaps.argmax(axis=1)
+        for k, i in enumerate(np.flatnonzero(roi_real)):
+            if ids[i] > 0:        # positives: IoU >= 0.5 (1 px rounding) with a GT of that class
+                assert overlaps[k, best[k]] >= 0.45 and gt_ids[real][best[k]] == ids[i]
+                want = utils.box_refinement(rois[b][i:i + 1].astype(np.float64),
+                                            gt_boxes[real][best[k]:best[k] + 1]) / std
+                np.testing.assert_allclose(bbox[b, i, ids[i]], want[0], atol=0.2)
+                assert mask[b, i, ..., ids[i]].max() == 1.0
+            else:
+                assert overlaps[k].max() < 0.55
+            others = [c for c in range(n) if c != ids[i] or c == 0]
+            assert not bbox[b, i, others].any() and not mask[b, i][..., others].any()
+        assert not rois[b][~roi_real].any() and not class_ids[b][~roi_real].any()
+
+
+def test_build_detection_targets_hand_case():
+    config = make_config(TRAIN_ROIS_PER_IMAGE=8, ROI_ADD_GT_AS_PROPOSALS=False,
+                         USE_MINI_MASK=False)
+    gt_masks = np.zeros((64, 64, 1), bool)
+    gt_masks[8:32, 8:32, 0] = True
+    rpn_rois = np.array([[8, 8, 32, 32], [40, 40, 60, 60]])
+    rois, ids, bboxes, masks = data.build_detection_targets(
+        rpn_rois, np.array([2]), np.array([[8, 8, 32, 32]]), gt_masks, config)
+    np.testing.assert_array_equal(ids, [2, 0, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(rois[:2], rpn_rois)
+    assert not rois[2:].any() and rois.dtype == np.int32
+    # The positive ROI is its GT box: zero refinement, a full mask, in class 2's slot.
+    assert bboxes.shape == (8, 3, 4) and not bboxes.any()
+    assert masks.shape == (8, 28, 28, 3)
+    assert masks[0, ..., 2].min() == 1.0
+    assert masks.sum() == masks[0, ..., 2].sum()

@@ -194,3 +194,21 @@ def test_make_optimizer_clips_on_one_replica():
     opt = make_optimizer(C(), 0.01)
     assert opt.global_clipnorm == 3.0
     assert np.isclose(float(opt.learning_rate), 0.01)
+
+
+def test_make_optimizer_momentum_from_config_or_argument():
+    """MaskRCNN.compile(learning_rate, momentum): Matterport's momentum argument wins over
+    LEARNING_MOMENTUM when given."""
+    from mrcnn.config import Config
+    from mrcnn.training import make_optimizer
+
+    class C(Config):
+        LEARNING_MOMENTUM = 0.8
+
+    assert np.isclose(float(make_optimizer(C(), 0.01).momentum), 0.8)
+    assert np.isclose(float(make_optimizer(C(), 0.01, momentum=0.5).momentum), 0.5)
+
+    class A(C):
+        OPTIMIZER = "adam"
+
+    assert np.isclose(float(make_optimizer(A(), 0.01, momentum=0.7).beta_1), 0.7)

@@ -811,6 +811,18 @@ def test_run_graph_named_outputs(infer):
     molded, metas, _ = model.mold_inputs([image])
     det, _ = model._inference_fn()(molded, metas)
     np.testing.assert_allclose(out["detections"], np.asarray(det), atol=1e-5)
+    # Matterport's form: already molded images with their metas (no second molding).
+    again = model.run_graph(molded, [("detections", "mrcnn_detection")], image_metas=metas)
+    np.testing.assert_allclose(again["detections"], out["detections"], atol=1e-5)
+
+
+def test_get_anchors_keeps_pixel_anchors_as_matterport(infer):
+    model = infer["a"]
+    shape = model.config.IMAGE_SHAPE
+    normalised = model.get_anchors(shape)
+    np.testing.assert_allclose(model.anchors, utils.get_anchors(model.config, shape))
+    np.testing.assert_allclose(utils.denorm_boxes(normalised, shape[:2]),
+                               np.round(model.anchors), atol=1)
 
 
 def test_ancestor_finds_layers_behind_shortcuts(infer):

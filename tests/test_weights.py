@@ -1,6 +1,7 @@
 """Tests of mrcnn.weights: Keras-2-layout HDF5 by-name loading, atomic saving, ResNet
 name conversion. Reference files are written here with raw h5py, independently of the
 module's writer."""
+import logging
 import os
 import time
 
@@ -246,6 +247,18 @@ def test_shape_mismatch_skips_whole_layer_and_records_shapes(tmp_path):
     text = report.summary()
     assert "(9, 5)" in text and "(6, 5)" in text and str(report) == text
     assert_layer_equals(model, "rpn_conv_shared", groups["rpn_conv_shared"])
+
+
+def test_shape_mismatch_is_logged_even_when_quiet(tmp_path, caplog):
+    model = build_model(n_classes=5)
+    groups = random_groups(model, seed=4)
+    groups["mrcnn_class_logits"] = [("kernel", np.ones((9, 5), np.float32)),
+                                    ("bias", np.full((5,), 7.0, np.float32))]
+    path = str(tmp_path / "w.h5")
+    write_keras2(path, groups)
+    with caplog.at_level(logging.WARNING, logger="mrcnn.weights"):
+        W.load_weights_by_name(model, path, verbose=0)
+    assert "mrcnn_class_logits" in caplog.text and "w.h5" in caplog.text
 
 
 def test_weight_count_mismatch_is_incompatible(tmp_path):
