@@ -197,8 +197,8 @@ def _load_gt(dataset, config, image_id, augmentation, use_mini_mask, augment, rn
     active_class_ids) so callers that pad the image can compose their own meta."""
     if use_mini_mask is None:
         use_mini_mask = config.USE_MINI_MASK
-    if augmentation is None and augment is not None and not isinstance(augment, bool):
-        # An augmenter given in the `augment` slot (4th positional argument).
+    if augmentation is None and hasattr(augment, "to_deterministic"):
+        # An imgaug augmenter given in the `augment` slot (4th positional argument).
         augment, augmentation = False, augment
     what = describe_image(dataset, image_id)
 
