@@ -173,13 +173,13 @@ def _block_letters(count):
     return [chr(ord("a") + i) for i in range(count)]
 
 
-def resnet_graph(input_image, architecture, stage5=True, train_bn=True, frozen_stages=0,
+def resnet_graph(input_image, architecture, stage5=False, train_bn=True, frozen_stages=0,
                  winograd=False):
     """Build a ResNet-50/101 or ResNeXt-101 (32x4d) backbone on a Keras tensor.
 
     input_image: Keras tensor [B, H, W, channels] (H, W divisible by 64 for the FPN).
     architecture: "resnet50", "resnet101" or "resnext101".
-    stage5: build res5 (C5 is None otherwise).
+    stage5: build res5 (C5 is None otherwise; False by default, as Matterport's).
     train_bn: False keeps every batch-norm layer on its moving statistics.
     frozen_stages: 0..5; layers of stages 1 (stem) .. frozen_stages get trainable=False and
         their batch norm always runs in inference mode.

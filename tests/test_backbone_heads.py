@@ -66,6 +66,7 @@ RX101_PLAN = [(128, 256, 3), (256, 512, 4), (512, 1024, 23), (1024, 2048, 3)]
 
 def build_resnet(arch, **kwargs):
     image = keras.Input((64, 64, 3))
+    kwargs.setdefault("stage5", True)
     cs = backbone.resnet_graph(image, arch, **kwargs)
     return keras.Model(image, cs), cs
 
@@ -149,6 +150,8 @@ def test_stage5_false_and_bad_arguments():
     image = keras.Input((64, 64, 3))
     cs = backbone.resnet_graph(image, "resnet50", stage5=False)
     assert cs[4] is None and tuple(cs[3].shape[1:]) == (4, 4, 1024)
+    # Matterport's default: no res5.
+    assert backbone.resnet_graph(keras.Input((64, 64, 3)), "resnet50")[4] is None
     with pytest.raises(ValueError, match="vgg"):
         backbone.resnet_graph(image, "vgg")
     with pytest.raises(ValueError, match="frozen_stages"):
