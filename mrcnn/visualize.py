@@ -49,6 +49,8 @@ from matplotlib.patches import Polygon  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from skimage.measure import find_contours  # noqa: E402
 
+from mrcnn import utils  # noqa: E402
+
 _NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
 
 
@@ -323,43 +325,16 @@ def save_instances_png(path, image, r, class_names, title="", figsize=None, show
     return path
 
 
-def _mask_iou(masks1, masks2):
-    """IoU between every mask of [H, W, N1] and [H, W, N2] -> [N1, N2]."""
-    # Explicit pixel count: reshape(-1, 0) fails for an empty stack (no detections).
-    pixels = masks1.shape[0] * masks1.shape[1]
-    a = masks1.reshape(pixels, masks1.shape[-1]).astype(np.float64)
-    b = masks2.reshape(pixels, masks2.shape[-1]).astype(np.float64)
-    inter = a.T @ b
-    union = a.sum(0)[:, None] + b.sum(0)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def _greedy_match(gt_class_ids, pred_class_ids, pred_scores, overlaps, iou_threshold,
-                  score_threshold):
-    """Matterport-style matching: predictions by descending score take the unmatched GT of
-    the same class with the highest IoU >= iou_threshold. Returns pred_match [N_pred] (GT
-    index or -1), in the callers' order."""
-    pred_match = -np.ones(len(pred_class_ids), dtype=np.int64)
-    gt_taken = np.zeros(len(gt_class_ids), dtype=bool)
-    for i in np.argsort(-np.asarray(pred_scores), kind="stable"):
-        if pred_scores[i] < score_threshold:
-            continue
-        ok = (~gt_taken) & (gt_class_ids == pred_class_ids[i]) & (overlaps[i] >= iou_threshold)
-        if np.any(ok):
-            j = int(np.argmax(np.where(ok, overlaps[i], -1.0)))
-            pred_match[i] = j
-            gt_taken[j] = True
-    return pred_match
-
-
 def display_differences(image, gt_box, gt_class_id, gt_mask, pred_box, pred_class_id,
                         pred_score, pred_mask, class_names, title="", ax=None,
                         show_mask=True, show_box=True, iou_threshold=0.5,
                         score_threshold=0.5, figsize=(16, 16), save_path=None):
     """Ground truth (green) and predictions (red) on one image; captions "score / IoU".
 
-    The IoU shown is with the matched GT (greedy by score, same class, mask IoU >=
-    iou_threshold), or the best IoU with any GT when unmatched. Returns the Figure.
+    Matching is utils.compute_matches' (greedy by score, same class, mask IoU >=
+    iou_threshold; score_threshold is passed on as Matterport did, where it acts as a
+    lower bound on the IoU). The IoU shown is with the matched GT, or the best IoU with
+    any GT when unmatched. Returns the Figure.
     """
     image = _as_image(image)
     gt_box = np.asarray(gt_box).reshape(-1, 4)
@@ -369,10 +344,14 @@ def display_differences(image, gt_box, gt_class_id, gt_mask, pred_box, pred_clas
     pred_score = np.asarray(pred_score, dtype=np.float64).reshape(-1)
     gt_mask = np.asarray(gt_mask).reshape(image.shape[0], image.shape[1], -1)
     pred_mask = np.asarray(pred_mask).reshape(image.shape[0], image.shape[1], -1)
-    overlaps = _mask_iou(pred_mask, gt_mask)
-    pred_match = _greedy_match(gt_class_id, pred_class_id, pred_score, overlaps,
-                               iou_threshold, score_threshold)
     n_gt, n_pred = len(gt_class_id), len(pred_class_id)
+    overlaps = utils.compute_overlaps_masks(pred_mask, gt_mask)       # callers' order
+    # compute_matches returns pred_match in descending-score order: map it back.
+    _, by_score, _ = utils.compute_matches(
+        gt_box, gt_class_id, gt_mask, pred_box, pred_class_id, pred_score, pred_mask,
+        iou_threshold=iou_threshold, score_threshold=score_threshold)
+    pred_match = -np.ones(n_pred, dtype=np.int64)
+    pred_match[np.argsort(pred_score)[::-1][:len(by_score)]] = by_score.astype(np.int64)
     colors = [(0, 1, 0, .8)] * n_gt + [(1, 0, 0, 1)] * n_pred
     captions = [""] * n_gt
     for i in range(n_pred):

@@ -171,16 +171,28 @@ def test_display_differences(scene, tmp_path):
     png(path, (4, 4))
 
 
-def test_matching_used_for_captions(scene):
-    _, masks, _, _, _ = scene
-    # Two predictions on the same GT: only the higher score matches; a wrong class never.
+def test_matching_used_for_captions(scene, monkeypatch):
+    """Captions come from utils.compute_matches (mapped back to the callers' order): two
+    predictions on the same GT, only the higher score matches; a wrong class never."""
+    _, masks, boxes, _, _ = scene
     gt_ids = np.array([1, 2])
     pred = np.stack([masks[:, :, 0], masks[:, :, 0], masks[:, :, 1]], -1)
-    ov = visualize._mask_iou(pred, masks)
-    np.testing.assert_allclose(ov, [[1, 0], [1, 0], [0, 1]])
-    match = visualize._greedy_match(gt_ids, np.array([1, 1, 1]), np.array([0.5, 0.9, 0.8]),
-                                    ov, 0.5, 0.0)
-    assert match.tolist() == [-1, 0, -1]
+    pred_boxes = utils.extract_bboxes(pred)
+    captions = {}
+
+    def capture(*args, **kwargs):
+        captions["value"] = kwargs["captions"]
+    monkeypatch.setattr(visualize, "display_instances", capture)
+    visualize.display_differences(np.zeros(masks.shape[:2] + (3,), np.uint8), boxes[:2],
+                                  gt_ids, masks[..., :2], pred_boxes, np.array([1, 1, 1]),
+                                  np.array([0.5, 0.9, 0.8]), pred, CLASS_NAMES)
+    # GT captions empty; predictions "score / IoU": 0.9 matched GT 0 (IoU 1), 0.5 is
+    # unmatched but overlaps GT 0 fully, the class-1 prediction on the class-2 GT too.
+    assert captions["value"] == ["", "", "0.50 / 1.00", "0.90 / 1.00", "0.80 / 1.00"]
+    _, pred_match, _ = utils.compute_matches(boxes[:2], gt_ids, masks[..., :2], pred_boxes,
+                                             np.array([1, 1, 1]), np.array([0.5, 0.9, 0.8]),
+                                             pred)
+    assert pred_match.tolist() == [0, -1, -1]        # score order: 0.9, 0.8, 0.5
 
 
 def test_draw_rois(scene, tmp_path):
