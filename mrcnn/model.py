@@ -420,6 +420,13 @@ class MaskRCNN(object):
         model = self.keras_model
         tensors = []
         for name, t in outputs:
+            if t is None:
+                # Typically Matterport's model.ancestor(..., "ROI/pre_nms_anchors:0"):
+                # Keras 3 keeps no TF op names, so that lookup finds nothing.
+                raise ValueError(
+                    "run_graph: output {!r} is None. Keras 3 graphs have no TF op names "
+                    "(such as 'ROI/pre_nms_anchors:0'); give a layer name or a layer's "
+                    "output (model.ancestor() matches layer names)".format(name))
             if isinstance(t, str):
                 # The mask head's last conv runs on ROIs folded into the batch; its
                 # [B, N, h, w, C] result (Matterport's "mrcnn_mask") is the unflatten

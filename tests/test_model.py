@@ -811,6 +811,13 @@ def test_run_graph_named_outputs(infer):
     molded, metas, _ = model.mold_inputs([image])
     det, _ = model._inference_fn()(molded, metas)
     np.testing.assert_allclose(out["detections"], np.asarray(det), atol=1e-5)
+    # Matterport's inspect_model looked up TF op names, which Keras 3 graphs lack: a
+    # clear error naming the output, not a Keras failure deep in Model().
+    pillar = model.keras_model.get_layer("ROI").output
+    missing = model.ancestor(pillar, "ROI/pre_nms_anchors:0")
+    assert missing is None
+    with pytest.raises(ValueError, match="'pre_nms_anchors' is None.*layer name"):
+        model.run_graph([image], [("pre_nms_anchors", missing)])
     # Matterport's form: already molded images with their metas (no second molding).
     again = model.run_graph(molded, [("detections", "mrcnn_detection")], image_metas=metas)
     np.testing.assert_allclose(again["detections"], out["detections"], atol=1e-5)
