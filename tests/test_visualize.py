@@ -195,6 +195,34 @@ def test_matching_used_for_captions(scene, monkeypatch):
     assert pred_match.tolist() == [0, -1, -1]        # score order: 0.9, 0.8, 0.5
 
 
+def test_captions_show_the_matched_gts_iou_in_the_callers_order(monkeypatch):
+    """A class-1 prediction covering GT A (class 1, 100 px) and GT B (class 2, 150 px):
+    matched to A at IoU 0.4 (iou_threshold 0.3) although B overlaps it more (0.6); a
+    lower-scored prediction listed first stays unmatched and shows its best IoU."""
+    gt = np.zeros((20, 30, 2), bool)
+    gt[0:10, 0:10, 0] = True                    # A: 100 px
+    gt[0:10, 10:25, 1] = True                   # B: 150 px
+    covering = gt[..., 0] | gt[..., 1]          # 250 px
+    stray = np.zeros((20, 30), bool)
+    stray[12:20, 0:10] = True
+    pred = np.stack([stray, covering], -1)
+    captions = {}
+    monkeypatch.setattr(visualize, "display_instances",
+                        lambda *a, **k: captions.setdefault("value", k["captions"]))
+    visualize.display_differences(np.zeros((20, 30, 3), np.uint8), utils.extract_bboxes(gt),
+                                  np.array([1, 2]), gt, utils.extract_bboxes(pred),
+                                  np.array([1, 1]), np.array([0.3, 0.9]), pred, CLASS_NAMES,
+                                  iou_threshold=0.3, score_threshold=0.0)
+    assert captions["value"] == ["", "", "0.30 / 0.00", "0.90 / 0.40"]
+    # score_threshold acts on the IoU, as Matterport's (default 0.5): no match at 0.4.
+    captions.clear()
+    visualize.display_differences(np.zeros((20, 30, 3), np.uint8), utils.extract_bboxes(gt),
+                                  np.array([1, 2]), gt, utils.extract_bboxes(pred),
+                                  np.array([1, 1]), np.array([0.3, 0.9]), pred, CLASS_NAMES,
+                                  iou_threshold=0.3)
+    assert captions["value"][3] == "0.90 / 0.60"
+
+
 def test_draw_rois(scene, tmp_path):
     image, masks, boxes, _, _ = scene
     rois = np.concatenate([boxes, [[0, 0, 10, 10], [40, 0, 60, 20]]])
