@@ -92,17 +92,9 @@ def winograd_conv3x3(x, kernel):
 _BT2 = np.kron(_BT, _BT)                                          # [36 (ij), 36 (kl)]
 
 
-def _tiles_by_patches(x):
-    """B^T d B of every 6x6 tile (stride 4) of padded x [N, Hp, Wp, C] -> [36, T, C],
-    T = N * tiles_h * tiles_w, by extract_patches and one matmul."""
-    patches = tf.image.extract_patches(x, [1, IN_TILE, IN_TILE, 1],
-                                       [1, OUT_TILE, OUT_TILE, 1], [1, 1, 1, 1], "VALID")
-    d = tf.reshape(patches, [-1, IN_TILE * IN_TILE, x.shape[-1]])  # [T, 36 (kl), C]
-    return tf.einsum("ij,tjc->itc", tf.constant(_BT2, tf.float32), d)
-
-
 def _tiles_by_conv(x):
-    """_tiles_by_patches, computed as one stride-4 6x6 conv with 36 filters (filter kl ->
+    """B^T d B of every 6x6 tile (stride 4) of padded x [N, Hp, Wp, C] -> [36, T, C],
+    T = N * tiles_h * tiles_w, as one stride-4 6x6 conv with 36 filters (filter kl ->
     channel ij holds BT2[ij, kl]) over every channel plane as a one-channel image."""
     shape = tf.shape(x)
     planes = tf.reshape(tf.transpose(x, [3, 0, 1, 2]), [-1, shape[1], shape[2], 1])
@@ -137,8 +129,8 @@ def _tiles_gradient(dv, x_shape):
 
 @tf.custom_gradient
 def _transformed_tiles(x):
-    """Transformed input tiles [36, T, C] of padded x: forward by the conv (faster:
-    P2 at 1024 px 0.22 -> 0.18 s than _tiles_by_patches), gradient by _tiles_gradient
+    """Transformed input tiles [36, T, C] of padded x: forward by the conv (faster than
+    extract_patches + matmul: P2 at 1024 px 0.22 -> 0.18 s), gradient by _tiles_gradient
     (the conv's own, a one-channel transposed conv, is slower; so is extract_patches',
     a scatter: P2 at 1024 px forward + backward 0.70 / 0.52 / 0.49 s)."""
     def grad(dv):
