@@ -175,3 +175,16 @@ def test_winograd_benchmark_runs_and_reports_both_algorithms(capsys):
         for key in ("fwd_direct_s", "fwd_winograd_s", "fwd_bwd_direct_s", "fwd_bwd_winograd_s"):
             assert r[key] > 0
         assert r["fwd_ratio"] == pytest.approx(r["fwd_winograd_s"] / r["fwd_direct_s"])
+
+
+def test_winograd_benchmark_bfloat16_compares_with_the_rounded_inputs_conv(capsys):
+    """--dtype bfloat16: bf16 direct conv against float32 Winograd from the bf16 inputs;
+    both within bf16 output rounding of a float32 conv of the same (rounded) inputs."""
+    import bench_winograd
+    results = bench_winograd.main(["--cases", "small", "--repeats", "1",
+                                   "--dtype", "bfloat16"])
+    assert len(results) == 2
+    for r in results:
+        assert r["dtype"] == "bfloat16"
+        assert 0 < r["max_rel_diff_direct"] < 2 ** -7 and r["max_rel_diff"] < 2 ** -7
+        assert r["fwd_bwd_winograd_s"] > 0 and r["fwd_bwd_direct_s"] > 0
