@@ -345,13 +345,16 @@ def display_differences(image, gt_box, gt_class_id, gt_mask, pred_box, pred_clas
     gt_mask = np.asarray(gt_mask).reshape(image.shape[0], image.shape[1], -1)
     pred_mask = np.asarray(pred_mask).reshape(image.shape[0], image.shape[1], -1)
     n_gt, n_pred = len(gt_class_id), len(pred_class_id)
-    overlaps = utils.compute_overlaps_masks(pred_mask, gt_mask)       # callers' order
-    # compute_matches returns pred_match in descending-score order: map it back.
-    _, by_score, _ = utils.compute_matches(
+    # compute_matches returns predictions in descending-score order: map them back.
+    _, by_score, overlaps_by_score = utils.compute_matches(
         gt_box, gt_class_id, gt_mask, pred_box, pred_class_id, pred_score, pred_mask,
         iou_threshold=iou_threshold, score_threshold=score_threshold)
+    # (compute_matches drops all-zero box rows at the end as padding.)
+    order = np.argsort(pred_score[:len(by_score)])[::-1]
     pred_match = -np.ones(n_pred, dtype=np.int64)
-    pred_match[np.argsort(pred_score)[::-1][:len(by_score)]] = by_score.astype(np.int64)
+    pred_match[order] = by_score.astype(np.int64)
+    overlaps = np.zeros((n_pred, n_gt))
+    overlaps[order, :overlaps_by_score.shape[1]] = overlaps_by_score
     colors = [(0, 1, 0, .8)] * n_gt + [(1, 0, 0, 1)] * n_pred
     captions = [""] * n_gt
     for i in range(n_pred):
