@@ -17,6 +17,7 @@ import numbers
 import re
 
 import keras
+import tensorflow as tf
 from keras import layers as KL
 
 from mrcnn.winograd import Conv3x3, resolve_winograd
@@ -52,7 +53,29 @@ class BatchNorm(KL.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not self.train_bn:
             training = False
+        if not (training and self.trainable) and self._fusable(inputs):
+            return self._fixed_statistics(inputs)
         return super().call(inputs, training=training, mask=mask)
+
+    def _fusable(self, inputs):
+        axis = self.axis if isinstance(self.axis, int) else None
+        return (len(inputs.shape) == 4 and axis in (-1, 3)
+                and keras.backend.standardize_dtype(inputs.dtype)
+                in ("float32", "bfloat16", "float16"))
+
+    def _fixed_statistics(self, inputs):
+        # One FusedBatchNormV3 op instead of Keras' mul/add chain (and, under mixed
+        # precision, its casts to float32 and back): Grappler folds it, with the ReLU,
+        # into the preceding Conv2D on oneDNN. Same arithmetic in float32 (statistics,
+        # scale and offset stay float32 inside the op); differentiable in x, gamma, beta.
+        stats = tf.cast(self.moving_mean, tf.float32)
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones_like(stats)
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros_like(stats)
+        outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            inputs, gamma, beta, mean=stats,
+            variance=tf.cast(self.moving_variance, tf.float32),
+            epsilon=self.epsilon, is_training=False)
+        return outputs
 
     def get_config(self):
         config = super().get_config()

@@ -221,6 +221,84 @@ def test_batchnorm_train_bn_switch():
     assert clone.train_bn is False
 
 
+def _set_bn_weights(layer, rng, c):
+    layer.gamma.assign(rng.uniform(0.5, 2.0, c).astype("float32"))
+    layer.beta.assign(rng.normal(0.0, 1.0, c).astype("float32"))
+    layer.moving_mean.assign(rng.normal(0.0, 1.0, c).astype("float32"))
+    layer.moving_variance.assign(rng.uniform(0.2, 3.0, c).astype("float32"))
+    return [np.array(w, dtype=np.float64) for w in (
+        layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance)]
+
+
+@pytest.mark.parametrize("train_bn, trainable, training", [
+    (False, True, True), (True, True, False), (True, False, True), (True, True, None)])
+def test_batchnorm_fixed_statistics_fused_op_values_and_gradients(train_bn, trainable,
+                                                                  training):
+    """Every case that normalises with the moving statistics runs one FusedBatchNormV3:
+    values and the gradients in x, gamma and beta equal the numpy formula."""
+    import tensorflow as tf
+    rng = np.random.RandomState(2)
+    c = 6
+    x = rng.normal(1.0, 3.0, (2, 5, 4, c)).astype("float32")
+    layer = backbone.BatchNorm(train_bn=train_bn)
+    layer.build(x.shape)
+    layer.trainable = trainable
+    g, b, mean, var = _set_bn_weights(layer, rng, c)
+    upstream = rng.normal(size=x.shape)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = layer(xt, training=training)
+        loss = tf.reduce_sum(y * tf.constant(upstream, tf.float32))
+    grads = tape.gradient(loss, [xt] + (
+        [layer.gamma, layer.beta] if trainable else []))
+
+    inv = 1.0 / np.sqrt(var + BN_EPS)
+    xhat = (x - mean) * inv
+    np.testing.assert_allclose(np.array(y), g * xhat + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.array(grads[0]), upstream * g * inv, rtol=1e-5, atol=1e-5)
+    if trainable:
+        np.testing.assert_allclose(np.array(grads[1]), (upstream * xhat).sum((0, 1, 2)),
+                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.array(grads[2]), upstream.sum((0, 1, 2)),
+                                   rtol=1e-4, atol=1e-4)
+    # The statistics never move in these cases.
+    np.testing.assert_array_equal(np.array(layer.moving_mean, np.float64), mean)
+
+    ops = {op.type for op in tf.function(lambda t: layer(t, training=training))
+           .get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph.get_operations()}
+    assert "FusedBatchNormV3" in ops
+
+
+def test_batchnorm_fixed_statistics_bfloat16_and_other_ranks():
+    """bfloat16 inputs stay bfloat16 (the statistics are applied in float32 inside the op);
+    inputs that are not 4-D take Keras' own path with the same result."""
+    import tensorflow as tf
+    rng = np.random.RandomState(3)
+    c = 4
+    weights = None
+    for shape in ((3, 2, 2, c), (5, c), (2, 3, c), (1, 2, 2, 2, c)):
+        layer = backbone.BatchNorm(train_bn=False, dtype="mixed_bfloat16"
+                                   if len(shape) == 4 else "float32")
+        layer.build(shape)
+        if weights is None:
+            weights = _set_bn_weights(layer, np.random.RandomState(4), c)
+        else:
+            layer.set_weights([np.float32(w) for w in weights])
+        g, b, mean, var = weights
+        x = rng.normal(size=shape).astype("float32")
+        y = layer(tf.constant(x, tf.bfloat16 if len(shape) == 4 else tf.float32))
+        if len(shape) == 4:
+            assert y.dtype == tf.bfloat16
+            x = np.array(tf.cast(tf.constant(x, tf.bfloat16), tf.float32))
+            y = tf.cast(y, tf.float32)
+            tol = 1e-2  # the output's bfloat16 rounding
+        else:
+            tol = 1e-5
+        np.testing.assert_allclose(np.array(y), g * (x - mean) / np.sqrt(var + BN_EPS) + b,
+                                   rtol=tol, atol=tol)
+
+
 # ---------------------------------------------------------------- FPN / build_backbone
 def test_build_backbone_fpn_names_and_shapes():
     config = make_config()
