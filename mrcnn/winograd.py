@@ -56,6 +56,10 @@ MIN_WINOGRAD_CHANNELS = 128
 # 0.52 s, RPN P2 1.44 -> 0.89 s; 64x64 maps or 128 channels slower).
 MIN_WINOGRAD_AREA_BF16 = 128 * 128
 MIN_WINOGRAD_CHANNELS_BF16 = 256
+# Forward only (inference), the bf16 direct kernel wins unless the conv also has many
+# filters (measured at 1024 px: 256 -> 256 on 256x256 0.175 -> 0.197 s, on 128x128
+# 0.044 -> 0.049 s, slower; 256 -> 512 0.349 -> 0.303 s and 0.087 -> 0.081 s, faster).
+MIN_WINOGRAD_FILTERS_BF16_FORWARD = 512
 
 
 def winograd_conv3x3(x, kernel):
@@ -181,8 +185,10 @@ class Conv3x3(keras.layers.Conv2D):
     """A 3x3, stride-1, "same" Conv2D that computes by Winograd F(4x4, 3x3) when
     ``winograd`` is true and the map is large enough: float32 inputs from MIN_WINOGRAD_AREA
     pixels and MIN_WINOGRAD_CHANNELS channels; bfloat16 inputs (mixed precision) from
-    MIN_WINOGRAD_AREA_BF16 and MIN_WINOGRAD_CHANNELS_BF16, on CPUs without AMX only.
-    Otherwise (and for float16) the ordinary kernel.
+    MIN_WINOGRAD_AREA_BF16 and MIN_WINOGRAD_CHANNELS_BF16, on CPUs without AMX only, and
+    when called with a falsy ``training`` (inference) only with at least
+    MIN_WINOGRAD_FILTERS_BF16_FORWARD filters. Otherwise (and for float16) the ordinary
+    kernel.
 
     Same variables (kernel [3, 3, C, F], bias [F]), names and outputs as
     ``Conv2D(filters, 3, padding="same")``, so weight files load either way.
@@ -200,13 +206,30 @@ class Conv3x3(keras.layers.Conv2D):
         super().__init__(filters, 3, padding="same", **kwargs)
         self.winograd = bool(winograd)
 
+    def call(self, inputs, training=None):
+        if self.data_format != "channels_last":
+            return super().call(inputs)
+        outputs = self._conv(inputs, self.kernel, forward_only=not training)
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, self.bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
     def convolution_op(self, inputs, kernel):
+        return self._conv(inputs, kernel, forward_only=False)
+
+    def _conv(self, inputs, kernel, forward_only):
+        # forward_only: no gradient will be taken (training is falsy), which changes the
+        # bfloat16 rule only.
         direct = super().convolution_op
         if not self.winograd:
             return direct(inputs, kernel)
         if inputs.dtype == tf.float32 and kernel.dtype == tf.float32:
             return conv3x3_same(inputs, kernel, direct)
         if inputs.dtype == tf.bfloat16 and not cpu_has_amx():
+            if forward_only and self.filters < MIN_WINOGRAD_FILTERS_BF16_FORWARD:
+                return direct(inputs, kernel)
             return conv3x3_same(inputs, kernel, direct, MIN_WINOGRAD_AREA_BF16,
                                 MIN_WINOGRAD_CHANNELS_BF16)
         return direct(inputs, kernel)

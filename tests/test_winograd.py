@@ -195,7 +195,7 @@ def test_bfloat16_compute_by_float32_winograd_above_its_thresholds(monkeypatch,
     monkeypatch.setattr(winograd, "cpu_has_amx", lambda: False)
     on, off = _bf16_pair()
     x = tf.random.stateless_normal((1, 64, 70, 8), seed=(1, 2))
-    got = on(x)
+    got = on(x, training=True)
     assert got.dtype == tf.bfloat16
     assert count_winograd == [(tf.float32, tf.float32)]       # float32 maths inside
     # Reference: float32 direct conv of the bf16-rounded inputs and kernel; both ways
@@ -207,11 +207,40 @@ def test_bfloat16_compute_by_float32_winograd_above_its_thresholds(monkeypatch,
     assert _rel_err(tf.cast(off(x), tf.float32), ref) < 2 ** -7
     # Smaller maps, fewer channels, or a CPU with AMX: the bf16 kernel.
     small = tf.random.stateless_normal((1, 40, 50, 8), seed=(3, 4))
-    np.testing.assert_array_equal(on(small).numpy(), off(small).numpy())
+    np.testing.assert_array_equal(on(small, training=True).numpy(), off(small).numpy())
     assert len(count_winograd) == 1
     monkeypatch.setattr(winograd, "cpu_has_amx", lambda: True)
-    np.testing.assert_array_equal(on(x).numpy(), off(x).numpy())
+    np.testing.assert_array_equal(on(x, training=True).numpy(), off(x).numpy())
     assert len(count_winograd) == 1
+
+
+def test_bfloat16_forward_only_needs_many_filters_too(monkeypatch, count_winograd):
+    """Without a gradient (training falsy) bf16 Winograd needs also
+    MIN_WINOGRAD_FILTERS_BF16_FORWARD filters; with training=True it does not."""
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_AREA_BF16", 64 * 64)
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_CHANNELS_BF16", 8)
+    monkeypatch.setattr(winograd, "cpu_has_amx", lambda: False)
+    assert winograd.MIN_WINOGRAD_FILTERS_BF16_FORWARD == 512   # the measured rule
+    on, off = _bf16_pair()                                        # 6 filters
+    x = tf.random.stateless_normal((1, 64, 70, 8), seed=(1, 2))
+    for training in (None, False):
+        np.testing.assert_array_equal(on(x, training=training).numpy(), off(x).numpy())
+    assert count_winograd == []
+    on(x, training=True)
+    assert len(count_winograd) == 1
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_FILTERS_BF16_FORWARD", 6)
+    got = on(x, training=False)
+    assert len(count_winograd) == 2
+    assert _rel_err(tf.cast(got, tf.float32), tf.cast(off(x), tf.float32)) < 2 ** -6
+    # A Keras model passes training down: inference-mode calls of a model take the rule.
+    inp = keras.Input((None, None, 8))
+    model = keras.Model(inp, on(inp))
+    model(x, training=False)
+    model(x, training=True)
+    assert len(count_winograd) == 4
+    monkeypatch.setattr(winograd, "MIN_WINOGRAD_FILTERS_BF16_FORWARD", 512)
+    model(x, training=False)
+    assert len(count_winograd) == 4
 
 
 def test_cpu_has_amx_reads_the_cpuinfo_flags(tmp_path):
