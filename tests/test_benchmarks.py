@@ -188,3 +188,31 @@ def test_winograd_benchmark_bfloat16_compares_with_the_rounded_inputs_conv(capsy
         assert r["dtype"] == "bfloat16"
         assert 0 < r["max_rel_diff_direct"] < 2 ** -7 and r["max_rel_diff"] < 2 ** -7
         assert r["fwd_bwd_winograd_s"] > 0 and r["fwd_bwd_direct_s"] > 0
+
+
+def test_lever_benchmark_switches_the_code_path_and_reports_both(capsys):
+    import bench_levers
+    import tensorflow as tf
+    from mrcnn.backbone import BatchNorm
+
+    layer = BatchNorm(train_bn=False)
+    layer.build((None, 4, 4, 3))
+
+    def op_types():
+        fn = tf.function(lambda t: layer(t, training=False))
+        graph = fn.get_concrete_function(tf.TensorSpec((1, 4, 4, 3), tf.float32)).graph
+        return {op.type for op in graph.get_operations()}
+    with bench_levers.lever_off("fused_bn"):
+        assert "FusedBatchNormV3" not in op_types()
+    assert "FusedBatchNormV3" in op_types()       # restored after the block
+
+    rows = bench_levers.main(["--lever", "fused_bn", "--tiny", "--sizes", "128",
+                              "--repeats", "1"])
+    out = capsys.readouterr().out
+    (res,) = rows
+    assert out.count(bench_speed.JSON_PREFIX) == 1
+    assert (res["lever"], res["task"], res["size"]) == ("fused_bn", "infer", 128)
+    assert res["off_s"] > 0 and res["on_s"] > 0
+    assert res["on_over_off"] == pytest.approx(res["on_s"] / res["off_s"])
+    with pytest.raises(ValueError, match="lever"):
+        bench_levers.measure("nope", bench_speed.make_case(128, tiny=True), "infer", ".")
