@@ -795,6 +795,19 @@ def test_run_graph_named_outputs(infer):
     model = infer["a"]
     config = model.config
     image = shapes_image(12, 64, 64)
+    # The briefly trained tiny RPN can regress every top anchor into a degenerate box
+    # (seen once in CI); with zero RPN deltas the proposals are the top-scored anchors,
+    # clipped, so there are always real ones to check. Restored for the other tests.
+    bbox_layer = model.keras_model.get_layer("rpn_model").get_layer("rpn_bbox_pred")
+    saved = bbox_layer.get_weights()
+    bbox_layer.set_weights([np.zeros_like(w) for w in saved])
+    try:
+        _check_run_graph_named_outputs(model, config, image)
+    finally:
+        bbox_layer.set_weights(saved)
+
+
+def _check_run_graph_named_outputs(model, config, image):
     out = model.run_graph([image], [("proposals", "ROI"), ("p2", "fpn_p2"),
                                     ("detections", "mrcnn_detection")])
     assert list(out) == ["proposals", "p2", "detections"]
