@@ -461,15 +461,15 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
 
     if verbose:
         print(report.summary())
-    elif report.skipped_shape_mismatch:
-        # Matterport raised here; these layers keep their initial values, so say so
-        # even when quiet (a new class count without exclude=[...] lands here).
-        logger.warning("%s: %d layer(s) not loaded, shapes differ from the model: %s",
-                       filepath, len({m[0] for m in report.skipped_shape_mismatch}),
-                       ", ".join(sorted({m[0] for m in report.skipped_shape_mismatch})))
         if verbose > 1:
             for name in report.loaded:
                 print("    loaded", name)
+    elif report.skipped_shape_mismatch:
+        # Matterport raised here; these layers keep their initial values, so say so
+        # even when quiet (a new class count without exclude=[...] lands here).
+        mismatched = sorted({m[0] for m in report.skipped_shape_mismatch})
+        logger.warning("%s: %d layer(s) not loaded, shapes differ from the model: %s",
+                       filepath, len(mismatched), ", ".join(mismatched))
     return report
 
 

@@ -261,6 +261,17 @@ def test_shape_mismatch_is_logged_even_when_quiet(tmp_path, caplog):
     assert "mrcnn_class_logits" in caplog.text and "w.h5" in caplog.text
 
 
+def test_verbose_2_lists_every_loaded_layer(tmp_path, capsys):
+    model = build_model()
+    groups = random_groups(model, seed=4)
+    path = str(tmp_path / "w.h5")
+    write_keras2(path, groups)
+    W.load_weights_by_name(model, path, verbose=2)
+    listed = [line.split()[-1] for line in capsys.readouterr().out.splitlines()
+              if line.strip().startswith("loaded ")]
+    assert sorted(listed) == sorted(groups)
+
+
 def test_weight_count_mismatch_is_incompatible(tmp_path):
     model = build_model()
     groups = random_groups(model, seed=5)
