@@ -72,7 +72,7 @@ class Config(object):
     # (mrcnn.winograd) on maps of at least 64x64 with at least 128 input channels, in
     # float32: same weights and results (to float32 rounding), fewer multiplications. In
     # mixed bfloat16, on CPUs without AMX, from 128x128 maps and 256 channels (computed in
-    # float32). True / False / "auto" (on unless TensorFlow sees a GPU, where cuDNN
+    # float32; in inference only convs with >= 512 filters). True / False / "auto" (on unless TensorFlow sees a GPU, where cuDNN
     # chooses its own algorithm). Measured on the 2-core CPU: see README Performance.
     CONV3X3_WINOGRAD = "auto"
     # Initial weights of the RPN's convs: None = Keras' Glorot-uniform (Matterport); a
