@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mrcnn import box_ops
+from mrcnn import boxes
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -32,7 +32,7 @@ class RefineBoxesLayer(keras.layers.Layer):
         rois = tf.stop_gradient(tf.cast(rois, tf.float32))
         deltas = tf.stop_gradient(tf.cast(deltas, tf.float32))[:, :, 0, :]
         deltas = deltas * tf.constant(self.bbox_std_dev, tf.float32)
-        refined = box_ops.apply_box_deltas_graph(rois, deltas)
+        refined = boxes.apply_box_deltas_graph(rois, deltas)
         refined = tf.clip_by_value(refined, 0.0, 1.0)
         valid = tf.reduce_any(tf.not_equal(rois, 0.0), axis=-1, keepdims=True)
         # A box can collapse to zero area after clipping; keep it valid but non-empty so

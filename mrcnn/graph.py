@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn import box_ops
+from mrcnn.boxes import norm_boxes_graph
 from mrcnn.backbone import build_backbone
 from mrcnn.cascade import RefineBoxesLayer, StageScoreAverage
 from mrcnn.heads import box_head_graph, build_rpn_model, mask_head_graph
@@ -72,7 +73,7 @@ class NormBoxesLayer(keras.layers.Layer):
     def call(self, inputs):
         boxes, images = inputs
         shape = tf.shape(images)[1:3]
-        return box_ops.norm_boxes_graph(tf.cast(boxes, tf.float32), shape)
+        return norm_boxes_graph(tf.cast(boxes, tf.float32), shape)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]

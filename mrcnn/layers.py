@@ -19,7 +19,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from mrcnn.box_ops import (apply_box_deltas_graph, box_refinement_graph, clip_boxes_graph,
+from mrcnn.boxes import (apply_box_deltas_graph, box_refinement_graph, clip_boxes_graph,
                            log2_graph, norm_boxes_graph, overlaps_graph)
 from mrcnn.config import Config
 from mrcnn.imagemeta import parse_image_meta_graph

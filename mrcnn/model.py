@@ -37,7 +37,7 @@ from mrcnn.utils import compute_backbone_shapes  # noqa: F401  (Matterport's nam
 # each is defined once in its own module and only re-exported here.
 from mrcnn.backbone import (BatchNorm, conv_block, identity_block,  # noqa: F401,E402
                             resnet_graph)
-from mrcnn.box_ops import (apply_box_deltas_graph, clip_boxes_graph,  # noqa: F401,E402
+from mrcnn.boxes import (apply_box_deltas_graph, clip_boxes_graph,  # noqa: F401,E402
                            denorm_boxes_graph, log2_graph, norm_boxes_graph, overlaps_graph)
 from mrcnn.data import (build_detection_targets, build_rpn_targets,  # noqa: F401,E402
                         data_generator, generate_random_rois, load_image_gt)

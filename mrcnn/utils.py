@@ -11,9 +11,10 @@ Same public names, signatures and conventions as Matterport's ``mrcnn/utils.py``
   centred at ``arange(0, shape, anchor_stride) * feature_stride`` (no half-stride offset).
 
 Nothing here imports TensorFlow at module import: ``compose_image_meta``,
-``parse_image_meta``, ``mold_image`` and ``unmold_image`` (from ``mrcnn.imagemeta``) and
-``box_refinement_graph`` (from ``mrcnn.box_ops``) are re-exported lazily on first access,
-and ``batch_slice`` imports TensorFlow when called.
+``parse_image_meta``, ``mold_image`` and ``unmold_image`` (from ``mrcnn.imagemeta``) are
+re-exported lazily on first access, and ``batch_slice`` imports TensorFlow when called.
+The box functions live in ``mrcnn.boxes`` (numpy and TF side by side) and are re-exported
+here under Matterport's names.
 
 Deliberate differences from Matterport (outputs on valid inputs are the same):
 
@@ -45,6 +46,11 @@ import scipy.ndimage
 import skimage.io
 import skimage.transform
 
+from mrcnn.boxes import (BBOX_LOG_SCALE_CLIP, _safe_divide,  # noqa: F401  (Matterport's names)
+                         apply_box_deltas, box_refinement, box_refinement_graph,
+                         compute_iou, compute_overlaps, denorm_boxes, extract_bboxes,
+                         non_max_suppression, norm_boxes)
+
 
 def _fail_absent_optional_imports_fast(names=("pillow_heif",)):
     """Mark absent optional modules that image decoding tries to import on every read.
@@ -70,8 +76,7 @@ COCO_MODEL_URL = "https://github.com/matterport/Mask_RCNN/releases/download/v2.0
 # Names re-exported on first access (PEP 562), so that importing this numpy module does
 # not pull in TensorFlow: Matterport's utils held these TF-side helpers too.
 _LAZY_NAMES = {"compose_image_meta": "mrcnn.imagemeta", "parse_image_meta": "mrcnn.imagemeta",
-               "mold_image": "mrcnn.imagemeta", "unmold_image": "mrcnn.imagemeta",
-               "box_refinement_graph": "mrcnn.box_ops"}
+               "mold_image": "mrcnn.imagemeta", "unmold_image": "mrcnn.imagemeta"}
 
 
 def __getattr__(name):
@@ -99,79 +104,6 @@ class DatasetError(ValueError):
 #  Bounding boxes
 ############################################################
 
-def extract_bboxes(mask):
-    """Bounding boxes of instance masks.
-
-    mask: [height, width, num_instances], nonzero = inside the instance.
-    Returns int32 [num_instances, (y1, x1, y2, x2)] in pixels, y2/x2 exclusive (one past
-    the last mask pixel). An empty mask gives the box (0, 0, 0, 0).
-    """
-    mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise ValueError("extract_bboxes: mask must be [height, width, instances], got "
-                         "shape {}".format(mask.shape))
-    h, w, n = mask.shape
-    rows = np.any(mask, axis=1)  # [H, N]: does row y hold any pixel of instance n?
-    cols = np.any(mask, axis=0)  # [W, N]
-    present = np.any(rows, axis=0)
-    y1 = np.argmax(rows, axis=0)
-    y2 = h - np.argmax(rows[::-1], axis=0)
-    x1 = np.argmax(cols, axis=0)
-    x2 = w - np.argmax(cols[::-1], axis=0)
-    boxes = np.stack([y1, x1, y2, x2], axis=1) * present[:, None]
-    return boxes.reshape(n, 4).astype(np.int32)
-
-
-def _safe_divide(num, den):
-    """num / den elementwise, 0 where den == 0 (IoU of two empty shapes)."""
-    num = np.asarray(num)
-    den = np.asarray(den)
-    out_dtype = np.result_type(num.dtype, den.dtype, np.float16)
-    out = np.zeros(np.broadcast(num, den).shape, dtype=out_dtype)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
-
-
-def compute_iou(box, boxes, box_area, boxes_area):
-    """IoU of one box with each of a set of boxes.
-
-    box: [4] (y1, x1, y2, x2). boxes: [N, 4]. box_area: area of ``box``. boxes_area: [N]
-    areas of ``boxes`` (passed in so callers compute them once).
-    Returns [N] IoU (0 where both areas and the intersection are 0).
-    """
-    box = np.asarray(box)
-    boxes = np.asarray(boxes)
-    y1 = np.maximum(box[0], boxes[:, 0])
-    y2 = np.minimum(box[2], boxes[:, 2])
-    x1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[3], boxes[:, 3])
-    intersection = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
-    union = box_area + np.asarray(boxes_area) - intersection
-    return _safe_divide(intersection, union)
-
-
-def compute_overlaps(boxes1, boxes2):
-    """IoU matrix of two sets of boxes.
-
-    boxes1: [N1, (y1, x1, y2, x2)]. boxes2: [N2, (y1, x1, y2, x2)].
-    Returns float64 [N1, N2]: overlaps[i, j] = IoU(boxes1[i], boxes2[j]).
-    """
-    boxes1 = np.asarray(boxes1).reshape(-1, 4)
-    boxes2 = np.asarray(boxes2).reshape(-1, 4)
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    b1 = boxes1[:, None, :]
-    b2 = boxes2[None, :, :]
-    y1 = np.maximum(b2[..., 0], b1[..., 0])
-    y2 = np.minimum(b2[..., 2], b1[..., 2])
-    x1 = np.maximum(b2[..., 1], b1[..., 1])
-    x2 = np.minimum(b2[..., 3], b1[..., 3])
-    intersection = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
-    # Same operand order as Matterport (area of boxes2 + area of boxes1) so the floating
-    # point result is identical.
-    union = area2[None, :] + area1[:, None] - intersection
-    return _safe_divide(intersection, union).astype(np.float64)
-
 
 def compute_overlaps_masks(masks1, masks2):
     """IoU matrix of two sets of masks.
@@ -190,84 +122,6 @@ def compute_overlaps_masks(masks1, masks2):
     intersections = np.dot(m1.T, m2)
     union = area1[:, None] + area2[None, :] - intersections
     return _safe_divide(intersections, union)
-
-
-def non_max_suppression(boxes, scores, threshold):
-    """Greedy non-maximum suppression.
-
-    boxes: [N, (y1, x1, y2, x2)], y2/x2 outside the box. scores: [N]. threshold: a box is
-    dropped when its IoU with a kept, higher-scored box is > threshold.
-    Returns int32 indices of the kept boxes, highest score first.
-    """
-    boxes = np.asarray(boxes)
-    scores = np.asarray(scores)
-    if boxes.shape[0] == 0:
-        return np.zeros([0], dtype=np.int32)
-    if boxes.dtype.kind != "f":
-        boxes = boxes.astype(np.float32)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    # Same tie order as Matterport: argsort ascending, reversed.
-    order = scores.argsort()[::-1]
-    keep = []
-    # Each pass keeps the best remaining box and drops everything it overlaps; sequential
-    # by nature, vectorised inside.
-    while order.size > 0:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        iou = compute_iou(boxes[i], boxes[rest], area[i], area[rest])
-        order = rest[~(iou > threshold)]
-    return np.array(keep, dtype=np.int32)
-
-
-BBOX_LOG_SCALE_CLIP = math.log(1000.0 / 16)
-
-
-def apply_box_deltas(boxes, deltas):
-    """Apply (dy, dx, log(dh), log(dw)) deltas to boxes.
-
-    boxes: [N, (y1, x1, y2, x2)], y2/x2 outside the box. deltas: [N, 4] (not std-scaled).
-    Returns float32 [N, (y1, x1, y2, x2)].
-    """
-    boxes = np.asarray(boxes).astype(np.float32)
-    deltas = np.asarray(deltas)
-    height = boxes[:, 2] - boxes[:, 0]
-    width = boxes[:, 3] - boxes[:, 1]
-    center_y = boxes[:, 0] + 0.5 * height
-    center_x = boxes[:, 1] + 0.5 * width
-    # In-place updates keep float32, as Matterport (values identical to its output).
-    center_y += deltas[:, 0] * height
-    center_x += deltas[:, 1] * width
-    # Same clamp as box_ops.apply_box_deltas_graph (log(1000/16), as detectron2): no effect
-    # on sane deltas, no overflow on diverged ones, and both sides stay equal.
-    height *= np.exp(np.minimum(deltas[:, 2], BBOX_LOG_SCALE_CLIP))
-    width *= np.exp(np.minimum(deltas[:, 3], BBOX_LOG_SCALE_CLIP))
-    y1 = center_y - 0.5 * height
-    x1 = center_x - 0.5 * width
-    return np.stack([y1, x1, y1 + height, x1 + width], axis=1)
-
-
-def box_refinement(box, gt_box):
-    """Deltas that turn ``box`` into ``gt_box`` (inverse of apply_box_deltas).
-
-    box, gt_box: [N, (y1, x1, y2, x2)], y2/x2 outside the box.
-    Returns float32 [N, (dy, dx, log(dh), log(dw))], not divided by any std-dev.
-    """
-    box = np.asarray(box).astype(np.float32)
-    gt_box = np.asarray(gt_box).astype(np.float32)
-    height = box[:, 2] - box[:, 0]
-    width = box[:, 3] - box[:, 1]
-    center_y = box[:, 0] + 0.5 * height
-    center_x = box[:, 1] + 0.5 * width
-    gt_height = gt_box[:, 2] - gt_box[:, 0]
-    gt_width = gt_box[:, 3] - gt_box[:, 1]
-    gt_center_y = gt_box[:, 0] + 0.5 * gt_height
-    gt_center_x = gt_box[:, 1] + 0.5 * gt_width
-    dy = (gt_center_y - center_y) / height
-    dx = (gt_center_x - center_x) / width
-    dh = np.log(gt_height / height)
-    dw = np.log(gt_width / width)
-    return np.stack([dy, dx, dh, dw], axis=1)
 
 
 ############################################################
@@ -1006,26 +860,6 @@ def download_trained_weights(coco_model_path, verbose=1):
         raise
     if verbose > 0:
         print("... done downloading pretrained model!")
-
-
-def norm_boxes(boxes, shape):
-    """Pixel boxes -> normalised: (box - [0, 0, 1, 1]) / [h - 1, w - 1, h - 1, w - 1].
-
-    boxes: [..., (y1, x1, y2, x2)] pixels, y2/x2 outside the box. shape: (height, width)
-    (extra entries ignored). Returns float32; normalised y2/x2 are inside the box.
-    """
-    h, w = shape[0], shape[1]
-    scale = np.array([h - 1, w - 1, h - 1, w - 1])
-    shift = np.array([0, 0, 1, 1])
-    return np.divide((np.asarray(boxes) - shift), scale).astype(np.float32)
-
-
-def denorm_boxes(boxes, shape):
-    """Normalised boxes -> pixels (inverse of norm_boxes), rounded to int32."""
-    h, w = shape[0], shape[1]
-    scale = np.array([h - 1, w - 1, h - 1, w - 1])
-    shift = np.array([0, 0, 1, 1])
-    return np.around(np.multiply(boxes, scale) + shift).astype(np.int32)
 
 
 ############################################################
