@@ -433,7 +433,7 @@ def _head_fns(config, rounds):
     RPN's shared conv at 512 (Matterport) vs 256 channels over the pyramid."""
     import keras
     import tensorflow as tf
-    from mrcnn.heads import box_head_graph, mask_head_graph
+    from mrcnn.roi_heads import box_head_graph, mask_head_graph
     c = config.TOP_DOWN_PYRAMID_SIZE
     mp, bp = config.MASK_POOL_SIZE, config.POOL_SIZE
     mask_in = keras.Input([None, mp, mp, c])

@@ -490,3 +490,33 @@ def apply_preset_r50_fpn(config_cls):
         POOL_SIZE=7, MASK_POOL_SIZE=14, ROI_SAMPLING_RATIO=2,
     )
     return type(config_cls.__name__ + "R50FPN", (config_cls,), attrs)
+
+
+def _to_builtin(value):
+    """numpy values -> plain Python (JSON-serialisable)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def config_values(config, names, layer_name):
+    """Read ``names`` from a Config instance or a dict; error names the missing one."""
+    if config is None:
+        raise ValueError("{}: a config (Config instance or dict) is required".format(
+            layer_name))
+    values = {}
+    for name in names:
+        if isinstance(config, dict):
+            if name not in config:
+                raise ValueError("{}: config dict has no key {!r}".format(layer_name, name))
+            value = config[name]
+        else:
+            if not hasattr(config, name):
+                raise ValueError("{}: config has no attribute {}".format(layer_name, name))
+            value = getattr(config, name)
+        values[name] = _to_builtin(value)
+    return values

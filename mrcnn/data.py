@@ -14,7 +14,7 @@ whose batches are dicts keyed by the training model's input names:
     input_gt_masks      [B, mh, mw, MAX_GT_INSTANCES] bool  MINI_MASK_SHAPE with
                                                         USE_MINI_MASK, else H x W
 
-with H, W = config.IMAGE_SHAPE[:2] and A = len(utils.get_anchors(config, IMAGE_SHAPE)).
+with H, W = config.IMAGE_SHAPE[:2] and A = len(get_anchors(config, IMAGE_SHAPE)).
 """
 
 import collections
@@ -24,6 +24,7 @@ import threading
 import numpy as np
 
 from mrcnn import utils
+from mrcnn.rpn import _choice, build_rpn_targets, get_anchors
 from mrcnn.augment import AugmentationError, augment_image_and_masks
 from mrcnn.imagemeta import compose_image_meta, mold_image
 
@@ -34,13 +35,6 @@ DatasetError = utils.DatasetError
 # Order of the training model's inputs (Matterport's data_generator list order).
 INPUT_NAMES = ("input_image", "input_image_meta", "input_rpn_match", "input_rpn_bbox",
                "input_gt_class_ids", "input_gt_boxes", "input_gt_masks")
-
-# Matterport: anchors whose IoU with any crowd box reaches this are never negatives.
-CROWD_IOU = 0.001
-
-# GT boxes per IoU block in build_rpn_targets: bounds the [anchors, block] float64
-# temporaries (~260k anchors at 1024 px -> about 33 MB per temporary).
-_GT_BLOCK = 16
 
 
 class ImageError(DatasetError):
@@ -68,13 +62,6 @@ def describe_image(dataset, image_id):
     except Exception:
         pass
     return "image {}{}".format(image_id, " ({})".format(", ".join(parts)) if parts else "")
-
-
-def _choice(rng, ids, count):
-    """``count`` distinct elements of ids, from ``rng`` (Generator) or numpy's global RNG."""
-    if rng is None:
-        return np.random.choice(ids, count, replace=False)
-    return rng.choice(ids, count, replace=False)
 
 
 def _active_class_ids(dataset, image_id):
@@ -284,120 +271,6 @@ def _load_gt(dataset, config, image_id, augmentation, use_mini_mask, augment, rn
 #  RPN targets
 ############################################################
 
-def _max_iou_blocks(anchors, boxes):
-    """IoU statistics of anchors [A, 4] against boxes [G, 4] without an [A, G] matrix.
-
-    Returns (best_iou [A] float64, best_box [A] int64 = first box reaching it (0 if none
-    overlaps),
-    is_box_best [A] bool = anchor attains some box's maximum IoU, when that is > 0).
-    IoU = inter / (area_anchor + area_box - inter), 0 where the union is 0. Works on
-    [block, A] slabs of contiguous anchor columns: several times faster than
-    utils.compute_overlaps on ~260k anchors, whose [A, G] float64 temporaries dominate.
-    """
-    num_anchors = anchors.shape[0]
-    ay1, ax1, ay2, ax2 = (np.ascontiguousarray(anchors[:, i]) for i in range(4))
-    anchor_area = (ay2 - ay1) * (ax2 - ax1)
-    # Starting from 0 with a strict ">" reproduces np.argmax over all boxes: the first
-    # box with the maximum wins, and anchors touching nothing get box 0.
-    best_iou = np.zeros([num_anchors])
-    best_box = np.zeros([num_anchors], dtype=np.int64)
-    is_box_best = np.zeros([num_anchors], dtype=bool)
-    # Reused buffers: fresh [block, A] allocations page-fault and cost more than the maths.
-    rows = min(_GT_BLOCK, boxes.shape[0])
-    buf_inter = np.empty([rows, num_anchors])
-    buf_tmp = np.empty([rows, num_anchors])
-    buf_union = np.empty([rows, num_anchors])
-    for start in range(0, boxes.shape[0], _GT_BLOCK):
-        g = boxes[start:start + _GT_BLOCK]
-        n = g.shape[0]
-        inter, tmp, union = buf_inter[:n], buf_tmp[:n], buf_union[:n]
-        np.minimum(ay2[None, :], g[:, 2:3], out=inter)
-        inter -= np.maximum(ay1[None, :], g[:, 0:1], out=tmp)
-        np.maximum(inter, 0, out=inter)
-        np.minimum(ax2[None, :], g[:, 3:4], out=union)  # union: scratch for the width
-        union -= np.maximum(ax1[None, :], g[:, 1:2], out=tmp)
-        np.maximum(union, 0, out=union)
-        inter *= union
-        np.add(anchor_area[None, :], ((g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]))[:, None],
-               out=union)
-        union -= inter
-        # In place: where union is 0 the intersection is 0 too, so IoU stays 0.
-        iou = np.divide(inter, union, out=inter, where=union > 0)
-        block_max = iou.max(axis=0)
-        better = np.flatnonzero(block_max > best_iou)
-        if better.size:
-            best_iou[better] = block_max[better]
-            best_box[better] = np.argmax(iou[:, better], axis=0) + start
-        box_max = iou.max(axis=1)
-        # Every anchor tying for a box's best IoU is matched to it (Matterport); a box
-        # that overlaps no anchor at all (max 0) matches none instead of all of them.
-        for j in np.flatnonzero(box_max > 0):
-            is_box_best |= iou[j] == box_max[j]
-    return best_iou, best_box, is_box_best
-
-
-def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=None):
-    """RPN training targets of one image (Matterport semantics, vectorised).
-
-    image_shape: [H, W, C] (unused; Matterport signature). anchors: [A, (y1, x1, y2, x2)]
-    pixels. gt_class_ids: [N] int (negative = crowd). gt_boxes: [N, 4] pixels.
-    rng: np.random.Generator for the subsampling, or None for numpy's global RNG.
-
-    Matching: an anchor is negative when its best IoU with a non-crowd GT is below
-    config.RPN_NEGATIVE_IOU and its IoU with every crowd box is below 0.001; positive
-    when its best IoU is >= config.RPN_POSITIVE_IOU, and each GT's best anchor(s) are
-    positive whatever their IoU (ties all count; a GT overlapping no anchor is skipped).
-    Then at most RPN_TRAIN_ANCHORS_PER_IMAGE // 2 positives are kept at random and
-    negatives are cut to fill RPN_TRAIN_ANCHORS_PER_IMAGE; the rest become neutral.
-
-    Returns:
-        rpn_match: int32 [A], 1 positive / -1 negative / 0 neutral.
-        rpn_bbox: float32 [RPN_TRAIN_ANCHORS_PER_IMAGE, (dy, dx, log(dh), log(dw))]:
-            row i holds the deltas (divided by RPN_BBOX_STD_DEV) from the i-th positive
-            anchor (in anchor order) to the GT it overlaps most; zero padded.
-    """
-    anchors = np.asarray(anchors, dtype=np.float64).reshape(-1, 4)
-    gt_class_ids = np.asarray(gt_class_ids).reshape(-1)
-    gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
-    total = int(config.RPN_TRAIN_ANCHORS_PER_IMAGE)
-    num_anchors = anchors.shape[0]
-    rpn_match = np.zeros([num_anchors], dtype=np.int32)
-    rpn_bbox = np.zeros([total, 4], dtype=np.float32)
-
-    crowd = gt_class_ids < 0
-    if np.any(crowd):
-        crowd_iou, _, _ = _max_iou_blocks(anchors, gt_boxes[crowd])
-        no_crowd = crowd_iou < CROWD_IOU
-    else:
-        no_crowd = np.ones([num_anchors], dtype=bool)
-    gt_boxes = gt_boxes[gt_class_ids > 0]
-
-    if gt_boxes.shape[0]:
-        best_iou, best_gt, is_gt_best = _max_iou_blocks(anchors, gt_boxes)
-        # Order matters (Matterport): negatives first, then positives overwrite them.
-        rpn_match[(best_iou < config.RPN_NEGATIVE_IOU) & no_crowd] = -1
-        rpn_match[is_gt_best] = 1
-        rpn_match[best_iou >= config.RPN_POSITIVE_IOU] = 1
-    else:
-        best_gt = np.zeros([num_anchors], dtype=np.int64)
-        rpn_match[no_crowd] = -1
-
-    # Balance: positives at most half, negatives fill up to `total`.
-    positive = np.flatnonzero(rpn_match == 1)
-    extra = positive.shape[0] - total // 2
-    if extra > 0:
-        rpn_match[_choice(rng, positive, extra)] = 0
-    negative = np.flatnonzero(rpn_match == -1)
-    extra = negative.shape[0] - (total - np.count_nonzero(rpn_match == 1))
-    if extra > 0:
-        rpn_match[_choice(rng, negative, extra)] = 0
-
-    positive = np.flatnonzero(rpn_match == 1)
-    if positive.shape[0]:
-        deltas = utils.box_refinement(anchors[positive], gt_boxes[best_gt[positive]])
-        rpn_bbox[:positive.shape[0]] = deltas / np.asarray(config.RPN_BBOX_STD_DEV)
-    return rpn_match, rpn_bbox
-
 
 ############################################################
 #  One training example
@@ -424,7 +297,7 @@ def _pad_to(image, mask, use_mini_mask, target_hw, what):
 def load_training_example(dataset, config, image_id, anchors, augmentation=None, rng=None):
     """Everything the training model needs for one image, as a dict of numpy arrays.
 
-    anchors: utils.get_anchors(config, config.IMAGE_SHAPE) (pixels).
+    anchors: get_anchors(config, config.IMAGE_SHAPE) (pixels).
     rng: np.random.Generator (None: global RNGs) for subsampling and augmentation.
 
     Keys and shapes: see the module docstring (without the batch axis);
@@ -475,7 +348,7 @@ def load_training_example(dataset, config, image_id, anchors, augmentation=None,
 def example_spec(config, num_anchors=None):
     """{input name: (shape without batch, numpy dtype)} of load_training_example."""
     if num_anchors is None:
-        num_anchors = utils.get_anchors(config, config.IMAGE_SHAPE).shape[0]
+        num_anchors = get_anchors(config, config.IMAGE_SHAPE).shape[0]
     h, w, c = (int(v) for v in config.IMAGE_SHAPE)
     mask_hw = tuple(config.MINI_MASK_SHAPE) if config.USE_MINI_MASK else (h, w)
     max_gt = config.MAX_GT_INSTANCES
@@ -610,7 +483,7 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
         raise ValueError("on_error must be 'raise' or 'skip', got {!r}".format(on_error))
     batch_size = int(batch_size or config.BATCH_SIZE)
     no_aug = set(no_augmentation_sources or [])
-    anchors = utils.get_anchors(config, config.IMAGE_SHAPE)
+    anchors = get_anchors(config, config.IMAGE_SHAPE)
     spec = example_spec(config, anchors.shape[0])
     image_ids = np.asarray(dataset.image_ids, dtype=np.int64)
     counter = skip_counter if skip_counter is not None else SkipCounter()
@@ -771,7 +644,7 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
         logger.warning("data_generator: detection_targets needs random_rois > 0 (the "
                        "targets are built from those ROIs); ignored, as Matterport")
     check_dataset(dataset, "dataset", config)
-    anchors = utils.get_anchors(config, config.IMAGE_SHAPE)
+    anchors = get_anchors(config, config.IMAGE_SHAPE)
     spec = example_spec(config, anchors.shape[0])
     image_ids = np.copy(dataset.image_ids)
     no_aug = set(no_augmentation_sources or [])
@@ -850,7 +723,7 @@ def build_detection_targets(rpn_rois, gt_class_ids, gt_boxes, gt_masks, config):
     ROI_ADD_GT_AS_PROPOSALS adds the GT boxes to them.
     """
     import tensorflow as tf
-    from mrcnn.layers import DetectionTargetLayer
+    from mrcnn.roi_heads import DetectionTargetLayer
     shape = tuple(int(v) for v in config.IMAGE_SHAPE[:2])
     # The first (or only) box stage's targets, as graph.py builds them in training.
     layer = DetectionTargetLayer(config, positive_iou=config.stage_positive_iou(0),

@@ -23,34 +23,18 @@ import tensorflow as tf
 
 from mrcnn import utils  # noqa: F401  (also modellib.utils, as Matterport)
 from mrcnn.config import Config
-from mrcnn.graph import (INFERENCE_OUTPUTS, TRAINING_EXTRA_OUTPUTS, build_graph,
-                         loss_output_names, numpy_anchors)
-from mrcnn.imagemeta import (compose_image_meta, mold_image, parse_image_meta,  # noqa: F401
-                             parse_image_meta_graph, unmold_image)
+from mrcnn.graph import build_graph, output_names
+from mrcnn.imagemeta import parse_image_meta_graph  # noqa: F401
 from mrcnn.inference import check_images, mold_inputs, unmold_detections
+from mrcnn.roi_heads import loss_output_names
+from mrcnn.rpn import numpy_anchors
 from mrcnn.training import (CheckpointCallback, LearningRateWarmup, NonFiniteLossError,
                             NonFiniteLossGuard, TrainingModel, frozen_stage_regex,
                             make_optimizer, resolve_layers, set_trainable)
-from mrcnn.utils import compute_backbone_shapes  # noqa: F401  (Matterport's name)
 
-# Matterport's scripts and notebooks reach these through ``mrcnn.model`` (``modellib``);
-# each is defined once in its own module and only re-exported here.
-from mrcnn.backbone import (BatchNorm, conv_block, identity_block,  # noqa: F401,E402
-                            resnet_graph)
-from mrcnn.boxes import (apply_box_deltas_graph, clip_boxes_graph,  # noqa: F401,E402
-                           denorm_boxes_graph, log2_graph, norm_boxes_graph, overlaps_graph)
-from mrcnn.data import (build_detection_targets, build_rpn_targets,  # noqa: F401,E402
-                        data_generator, generate_random_rois, load_image_gt)
-from mrcnn.heads import (build_fpn_mask_graph, build_rpn_model,  # noqa: F401,E402
-                         fpn_classifier_graph, rpn_graph)
-from mrcnn.layers import (DetectionLayer, DetectionTargetLayer,  # noqa: F401,E402
-                          ProposalLayer, PyramidROIAlign, batch_pack_graph,
-                          detection_targets_graph, refine_detections_graph,
-                          trim_zeros_graph)
-from mrcnn.losses import (mrcnn_bbox_loss_graph, mrcnn_class_loss_graph,  # noqa: F401,E402
-                          mrcnn_mask_loss_graph, rpn_bbox_loss_graph, rpn_class_loss_graph)
-from mrcnn.losses import smooth_l1 as smooth_l1_loss  # noqa: F401,E402
-from mrcnn.utils import log  # noqa: F401,E402
+# Matterport's module-level names of model.py (load_image_gt, data_generator, the four
+# graph layers, the box and loss graph functions, ...): one facade, mrcnn.compat.
+from mrcnn.compat import *  # noqa: F401,F403,E402
 
 logger = logging.getLogger("mrcnn")
 
@@ -88,14 +72,12 @@ class MaskRCNN(object):
     @property
     def output_names(self):
         """Names of keras_model's outputs in order."""
-        if self.mode == "training":
-            return loss_output_names(self.config) + list(TRAINING_EXTRA_OUTPUTS)
-        return list(INFERENCE_OUTPUTS)
+        return output_names(self.mode, self.config)
 
     def get_anchors(self, image_shape):
         """Normalised anchors [A, 4] for a molded image shape (Matterport's get_anchors).
         Also keeps them in pixels as ``self.anchors`` (Matterport's notebooks read it)."""
-        self.anchors = utils.get_anchors(self.config, image_shape)
+        self.anchors = get_anchors(self.config, image_shape)
         return numpy_anchors(self.config, image_shape)
 
     # ------------------------------------------------------------------ weights
@@ -558,7 +540,7 @@ def _set_precision_policy(config):
 
     The policy is global in Keras: every MaskRCNN sets it (None -> "float32"), so a
     float32 model built after a mixed one is float32 again. Box, anchor, ROI and loss
-    layers keep float32 whatever the policy (see mrcnn.layers).
+    layers keep float32 whatever the policy (see mrcnn.rpn and mrcnn.roi_heads).
     """
     policy = config.MIXED_PRECISION or "float32"
     if policy == "mixed_float16" and not tf.config.list_logical_devices("GPU"):

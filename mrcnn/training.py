@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mrcnn.graph import loss_output_names, loss_weight
+from mrcnn.roi_heads import loss_output_names, loss_weight
 
 
 class NonFiniteLossError(RuntimeError):

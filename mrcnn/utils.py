@@ -76,7 +76,10 @@ COCO_MODEL_URL = "https://github.com/matterport/Mask_RCNN/releases/download/v2.0
 # Names re-exported on first access (PEP 562), so that importing this numpy module does
 # not pull in TensorFlow: Matterport's utils held these TF-side helpers too.
 _LAZY_NAMES = {"compose_image_meta": "mrcnn.imagemeta", "parse_image_meta": "mrcnn.imagemeta",
-               "mold_image": "mrcnn.imagemeta", "unmold_image": "mrcnn.imagemeta"}
+               "mold_image": "mrcnn.imagemeta", "unmold_image": "mrcnn.imagemeta",
+               # Anchors live with the RPN (mrcnn.rpn), which imports TensorFlow.
+               "generate_anchors": "mrcnn.rpn", "generate_pyramid_anchors": "mrcnn.rpn",
+               "compute_backbone_shapes": "mrcnn.rpn", "get_anchors": "mrcnn.rpn"}
 
 
 def __getattr__(name):
@@ -602,92 +605,6 @@ def unmold_mask(mask, bbox, image_shape):
 ############################################################
 #  Anchors
 ############################################################
-
-def generate_anchors(scales, ratios, shape, feature_stride, anchor_stride):
-    """Anchors of one feature map, in pixels.
-
-    scales: anchor side(s) in pixels. ratios: width / height ratios. shape: (height, width)
-    of the feature map. feature_stride: pixels per feature-map cell. anchor_stride: place
-    anchors every anchor_stride cells.
-    Returns float64 [positions * len(scales) * len(ratios), (y1, x1, y2, x2)]: positions
-    row-major over (y, x), centred at (y, x) * feature_stride; per position, all
-    (ratio, scale) pairs with scales fastest.
-    """
-    scales, ratios = np.meshgrid(np.array(scales), np.array(ratios))
-    scales = scales.flatten()
-    ratios = ratios.flatten()
-    heights = scales / np.sqrt(ratios)
-    widths = scales * np.sqrt(ratios)
-
-    shifts_y = np.arange(0, shape[0], anchor_stride) * feature_stride
-    shifts_x = np.arange(0, shape[1], anchor_stride) * feature_stride
-    # [P, 1, 2] centres against [1, K, 2] sizes -> [P * K, 2].
-    cy, cx = np.meshgrid(shifts_y, shifts_x, indexing="ij")
-    centers = np.stack([cy.ravel(), cx.ravel()], axis=1)[:, None, :]
-    sizes = np.stack([heights, widths], axis=1)[None, :, :]
-    centers, sizes = np.broadcast_arrays(centers, sizes)
-    centers = centers.reshape(-1, 2)
-    sizes = sizes.reshape(-1, 2)
-    return np.concatenate([centers - 0.5 * sizes, centers + 0.5 * sizes], axis=1)
-
-
-def generate_pyramid_anchors(scales, ratios, feature_shapes, feature_strides,
-                             anchor_stride):
-    """Anchors of all pyramid levels, in pixels: level i uses scales[i],
-    feature_shapes[i] and feature_strides[i]; every level uses all ratios.
-
-    Returns float64 [N, (y1, x1, y2, x2)], level-major (anchors of scales[0] first).
-    """
-    return np.concatenate([
-        generate_anchors(scales[i], ratios, feature_shapes[i], feature_strides[i],
-                         anchor_stride)
-        for i in range(len(scales))], axis=0)
-
-
-def compute_backbone_shapes(config, image_shape):
-    """Feature-map (height, width) of each pyramid level for an input image shape.
-
-    Returns int array [levels, 2] = [ceil(H / stride), ceil(W / stride)] per
-    config.BACKBONE_STRIDES, or config.COMPUTE_BACKBONE_SHAPE(image_shape) when
-    config.BACKBONE is a callable.
-    """
-    if callable(config.BACKBONE):
-        if config.COMPUTE_BACKBONE_SHAPE is None:
-            raise ValueError("config.COMPUTE_BACKBONE_SHAPE must be set when "
-                             "config.BACKBONE is a callable")
-        return np.asarray(config.COMPUTE_BACKBONE_SHAPE(image_shape))
-    return np.array([[int(math.ceil(image_shape[0] / stride)),
-                      int(math.ceil(image_shape[1] / stride))]
-                     for stride in config.BACKBONE_STRIDES])
-
-
-_ANCHOR_CACHE = {}
-_ANCHOR_CACHE_SIZE = 16
-
-
-def get_anchors(config, image_shape):
-    """All anchors of an image shape, in pixels: THE place that decides anchors.
-
-    Uses config.RPN_ANCHOR_SCALES, RPN_ANCHOR_RATIOS, BACKBONE_STRIDES and
-    RPN_ANCHOR_STRIDE over compute_backbone_shapes(config, image_shape).
-    Returns a read-only float64 [N, (y1, x1, y2, x2)] array (cached per settings and
-    shape); normalise with norm_boxes(anchors, image_shape[:2]).
-    """
-    shapes = compute_backbone_shapes(config, image_shape)
-    key = (tuple(config.RPN_ANCHOR_SCALES), tuple(config.RPN_ANCHOR_RATIOS),
-           tuple(map(tuple, np.asarray(shapes).tolist())), tuple(config.BACKBONE_STRIDES),
-           config.RPN_ANCHOR_STRIDE)
-    anchors = _ANCHOR_CACHE.get(key)
-    if anchors is None:
-        anchors = generate_pyramid_anchors(config.RPN_ANCHOR_SCALES,
-                                           config.RPN_ANCHOR_RATIOS, shapes,
-                                           config.BACKBONE_STRIDES,
-                                           config.RPN_ANCHOR_STRIDE)
-        anchors.setflags(write=False)  # shared between callers
-        if len(_ANCHOR_CACHE) >= _ANCHOR_CACHE_SIZE:
-            _ANCHOR_CACHE.clear()
-        _ANCHOR_CACHE[key] = anchors
-    return anchors
 
 
 ############################################################

@@ -1,8 +1,6 @@
-"""Tests for mrcnn.backbone and mrcnn.heads: names, parameter counts, shapes, freezing,
+"""Tests for mrcnn.backbone and the heads of mrcnn.rpn / mrcnn.roi_heads: names, parameter counts, shapes, freezing,
 numeric agreement of the heads with a numpy reference."""
 import re
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -10,7 +8,8 @@ import pytest
 import keras
 from keras import layers as KL
 
-from mrcnn import backbone, heads
+from mrcnn import backbone, compat, roi_heads
+from mrcnn import rpn as rpn_lib
 from mrcnn.config import Config
 
 BN_EPS = 1e-3  # Keras (2 and 3) BatchNormalization default
@@ -356,7 +355,7 @@ def test_build_backbone_user_callable_and_errors():
 # ---------------------------------------------------------------- RPN
 def test_rpn_model_names_anchor_count_and_order():
     depth, apl = 16, 3
-    rpn = heads.build_rpn_model(anchor_stride=1, anchors_per_location=apl, depth=depth)
+    rpn = rpn_lib.build_rpn_model(anchor_stride=1, anchors_per_location=apl, depth=depth)
     assert rpn.name == "rpn_model"
     assert rpn.inputs[0].name == "input_rpn_feature_map"
     names = {layer.name for layer in rpn.layers}
@@ -393,7 +392,7 @@ def test_rpn_model_names_anchor_count_and_order():
 
 def test_rpn_init_std_draws_normal_kernels_and_zero_biases():
     keras.utils.set_random_seed(0)
-    rpn = heads.build_rpn_model(1, 3, 64, conv_dim=256, init_std=0.01)
+    rpn = rpn_lib.build_rpn_model(1, 3, 64, conv_dim=256, init_std=0.01)
     for name in ("rpn_conv_shared", "rpn_class_raw", "rpn_bbox_pred"):
         kernel, bias = rpn.get_layer(name).get_weights()
         assert np.all(bias == 0), name
@@ -402,14 +401,14 @@ def test_rpn_init_std_draws_normal_kernels_and_zero_biases():
     shared = rpn.get_layer("rpn_conv_shared").get_weights()[0]
     assert shared.std() == pytest.approx(0.01, rel=0.01)
     # Default (None): Keras' Glorot-uniform, bounded by sqrt(6 / (fan_in + fan_out)).
-    default = heads.build_rpn_model(1, 3, 64, conv_dim=256)
+    default = rpn_lib.build_rpn_model(1, 3, 64, conv_dim=256)
     kernel = default.get_layer("rpn_conv_shared").get_weights()[0]
     limit = np.sqrt(6.0 / (9 * 64 + 9 * 256))
     assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit
 
 
 def test_rpn_anchor_stride_2():
-    rpn = heads.build_rpn_model(anchor_stride=2, anchors_per_location=3, depth=4)
+    rpn = rpn_lib.build_rpn_model(anchor_stride=2, anchors_per_location=3, depth=4)
     out = rpn(np.zeros((1, 8, 8, 4), "float32"))
     assert tuple(out[0].shape) == (1, 4 * 4 * 3, 2)
 
@@ -417,7 +416,7 @@ def test_rpn_anchor_stride_2():
 # ---------------------------------------------------------------- box head
 def box_head_model(config, n=3, channels=4, stage=0, train_bn=False):
     pooled = keras.Input((n, config.POOL_SIZE, config.POOL_SIZE, channels))
-    outs = heads.box_head_graph(pooled, config, train_bn, stage=stage)
+    outs = roi_heads.box_head_graph(pooled, config, train_bn, stage=stage)
     return keras.Model(pooled, list(outs))
 
 
@@ -505,9 +504,9 @@ def test_box_head_conv_fc_variants(convs, fcs):
 def test_box_head_cascade_class_agnostic_and_stage_names():
     config = make_config(CASCADE=True)
     pooled = keras.Input((5, 7, 7, 4))
-    s1 = heads.box_head_graph(pooled, config, False, stage=0)
-    s2 = heads.box_head_graph(pooled, config, False, stage=1)
-    s3 = heads.box_head_graph(pooled, config, False, stage=2)
+    s1 = roi_heads.box_head_graph(pooled, config, False, stage=0)
+    s2 = roi_heads.box_head_graph(pooled, config, False, stage=1)
+    s3 = roi_heads.box_head_graph(pooled, config, False, stage=2)
     model = keras.Model(pooled, list(s1) + list(s2) + list(s3))  # no name clashes
     names = {layer.name for layer in model.layers}
     assert {"mrcnn_class_conv1", "mrcnn_class_conv1_stage2", "mrcnn_class_bn2_stage2",
@@ -525,7 +524,7 @@ def test_box_head_cascade_class_agnostic_and_stage_names():
 def test_box_head_rejects_wrong_pool_size():
     config = make_config()
     with pytest.raises(ValueError, match="POOL_SIZE"):
-        heads.box_head_graph(keras.Input((3, 5, 5, 4)), config, False)
+        roi_heads.box_head_graph(keras.Input((3, 5, 5, 4)), config, False)
 
 
 # ---------------------------------------------------------------- mask head
@@ -533,7 +532,7 @@ def test_box_head_rejects_wrong_pool_size():
 def test_mask_head_shapes_and_names(mask_shape):
     config = make_config(MASK_SHAPE=[mask_shape, mask_shape])
     pooled = keras.Input((2, 14, 14, 4))
-    masks = heads.mask_head_graph(pooled, config, train_bn=False)
+    masks = roi_heads.mask_head_graph(pooled, config, train_bn=False)
     model = keras.Model(pooled, masks)
     assert tuple(masks.shape) == (None, 2, mask_shape, mask_shape, 3)
     names = {layer.name for layer in model.layers}
@@ -553,7 +552,7 @@ def test_mask_head_shapes_and_names(mask_shape):
     assert out.min() >= 0 and out.max() <= 1
     # ROI 1 alone gives the same masks (fold/unfold of the ROI axis keeps order).
     single_in = keras.Input((1, 14, 14, 4))
-    single = keras.Model(single_in, heads.mask_head_graph(single_in, config, False))
+    single = keras.Model(single_in, roi_heads.mask_head_graph(single_in, config, False))
     for layer in single.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
@@ -564,10 +563,10 @@ def test_mask_head_shapes_and_names(mask_shape):
 def test_mask_head_rejects_bad_shapes():
     config = make_config()
     with pytest.raises(ValueError, match="MASK_POOL_SIZE"):
-        heads.mask_head_graph(keras.Input((2, 7, 7, 4)), config, False)
+        roi_heads.mask_head_graph(keras.Input((2, 7, 7, 4)), config, False)
     config.MASK_SHAPE = [42, 42]
     with pytest.raises(ValueError, match="MASK_SHAPE"):
-        heads.mask_head_graph(keras.Input((2, 14, 14, 4)), config, False)
+        roi_heads.mask_head_graph(keras.Input((2, 14, 14, 4)), config, False)
 
 
 # ---------------------------------------------------------------- mixed precision, saving
@@ -576,12 +575,12 @@ def test_heads_float32_outputs_under_mixed_bfloat16():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         config = make_config(MASK_POOL_SIZE=7, MASK_SHAPE=[14, 14])
-        rpn = heads.build_rpn_model(1, 3, 8)
+        rpn = rpn_lib.build_rpn_model(1, 3, 8)
         assert rpn.get_layer("rpn_conv_shared").compute_dtype == "bfloat16"
         rpn_out = rpn(np.ones((1, 4, 4, 8), "float32"))
         pooled = keras.Input((2, 7, 7, 8))
-        outs = list(heads.box_head_graph(pooled, config, False))
-        outs.append(heads.mask_head_graph(pooled, config, False))
+        outs = list(roi_heads.box_head_graph(pooled, config, False))
+        outs.append(roi_heads.mask_head_graph(pooled, config, False))
         model = keras.Model(pooled, outs)
         assert model.get_layer("mrcnn_class_conv1").compute_dtype == "bfloat16"
         results = model(np.ones((1, 2, 7, 7, 8), "float32"))
@@ -594,10 +593,10 @@ def test_heads_float32_outputs_under_mixed_bfloat16():
 def test_heads_save_and_reload(tmp_path):
     config = make_config(MASK_POOL_SIZE=7, MASK_SHAPE=[14, 14])
     pooled = keras.Input((2, 7, 7, 4))
-    outs = list(heads.box_head_graph(pooled, config, False))
-    outs.append(heads.mask_head_graph(pooled, config, False))
+    outs = list(roi_heads.box_head_graph(pooled, config, False))
+    outs.append(roi_heads.mask_head_graph(pooled, config, False))
     model = keras.Model(pooled, outs)
-    path = str(tmp_path / "heads.keras")
+    path = str(tmp_path / "roi_heads.keras")
     model.save(path)
     reloaded = keras.models.load_model(path)  # safe_mode: no Python lambdas inside
     x = np.random.RandomState(7).normal(0, 1, (2, 2, 7, 7, 4)).astype("float32")
@@ -622,15 +621,13 @@ class _FakeROIAlign(KL.Layer):
 
 
 def test_matterport_wrappers_use_roi_align_names(monkeypatch):
-    fake = types.ModuleType("mrcnn.layers")
-    fake.PyramidROIAlign = _FakeROIAlign
-    monkeypatch.setitem(sys.modules, "mrcnn.layers", fake)
+    monkeypatch.setattr(compat, "PyramidROIAlign", _FakeROIAlign)
     rois = keras.Input((4, 4))
     meta = keras.Input((15,))
     maps = [keras.Input((s, s, 8)) for s in (16, 8, 4, 2)]
-    logits, probs, bbox = heads.fpn_classifier_graph(rois, maps, meta, 7, 3, train_bn=False,
+    logits, probs, bbox = compat.fpn_classifier_graph(rois, maps, meta, 7, 3, train_bn=False,
                                                      fc_layers_size=16)
-    masks = heads.build_fpn_mask_graph(rois, maps, meta, 14, 3, train_bn=False)
+    masks = compat.build_fpn_mask_graph(rois, maps, meta, 14, 3, train_bn=False)
     model = keras.Model([rois, meta] + maps, [logits, probs, bbox, masks])
     names = {layer.name for layer in model.layers}
     assert {"roi_align_classifier", "roi_align_mask", "mrcnn_class_conv2",

@@ -17,10 +17,10 @@ from keras import layers as KL
 
 from mrcnn import data, utils
 from mrcnn import model as modellib
-from mrcnn.cascade import RefineBoxesLayer
+from mrcnn.roi_heads import RefineBoxesLayer
 from mrcnn.config import Config
-from mrcnn.graph import loss_output_names
-from mrcnn.layers import DetectionTargetLayer
+from mrcnn.roi_heads import loss_output_names
+from mrcnn.roi_heads import DetectionTargetLayer
 from samples.shapes import ShapesDataset
 
 STAGE_LOSSES = ["rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
@@ -290,13 +290,13 @@ def test_stage_layers_carry_stage_thresholds_and_std_devs(cascade_training):
     for stage, sfx in enumerate(("", "_stage2", "_stage3")):
         targets = net.get_layer("proposal_targets" + sfx)
         assert targets.positive_iou == pytest.approx(config.CASCADE_IOUS[stage])
-        np.testing.assert_allclose(targets.bbox_std_dev, config.CASCADE_BBOX_STD_DEVS[stage],
+        np.testing.assert_allclose(targets.box_coder.std_dev, config.CASCADE_BBOX_STD_DEVS[stage],
                                    rtol=1e-6)
         # Later stages always add the GT boxes to their proposals; stage 1 when
         # ROI_ADD_GT_AS_PROPOSALS (False reproduces Matterport).
         assert targets.add_gt_as_proposals == (stage > 0 or config.ROI_ADD_GT_AS_PROPOSALS)
     for stage, sfx in enumerate(("", "_stage2")):
-        np.testing.assert_allclose(net.get_layer("refine_boxes" + sfx).bbox_std_dev,
+        np.testing.assert_allclose(net.get_layer("refine_boxes" + sfx).box_coder.std_dev,
                                    config.CASCADE_BBOX_STD_DEVS[stage], rtol=1e-6)
 
 

@@ -8,8 +8,8 @@ import tensorflow as tf
 
 from mrcnn.config import Config
 from mrcnn.imagemeta import compose_image_meta
-from mrcnn.layers import (DetectionLayer, DetectionTargetLayer, ProposalLayer,
-                          PyramidROIAlign)
+from mrcnn.roi_heads import DetectionLayer, DetectionTargetLayer, PyramidROIAlign
+from mrcnn.rpn import ProposalLayer
 
 
 # ---------------------------------------------------------------- numpy references
@@ -632,7 +632,7 @@ def test_training_path_gradients():
 
 
 def test_valid_detection_boxes_and_pad_slots():
-    from mrcnn.graph import PadSlots, ValidDetectionBoxes
+    from mrcnn.roi_heads import PadSlots, ValidDetectionBoxes
     det = np.zeros((2, 5, 6), np.float32)
     det[0, :3, 4] = [2, 1, 3]          # image 0: three detections
     det[1, :1, 4] = [1]                # image 1: one

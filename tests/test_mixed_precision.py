@@ -128,7 +128,8 @@ def test_bfloat16_detections_overlap_float32(models):
 
 
 def test_training_graph_box_and_loss_tensors_float32():
-    from mrcnn.graph import build_graph, loss_output_names
+    from mrcnn.graph import build_graph
+    from mrcnn.roi_heads import loss_output_names
     config = cfg(MIXED_PRECISION="mixed_bfloat16")
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = build_graph("training", config)

@@ -19,7 +19,8 @@ from mrcnn import data, utils
 from mrcnn import model as modellib
 from mrcnn.backbone import BatchNorm, backbone_layer_stage, build_backbone
 from mrcnn.config import Config, apply_preset_r50_fpn
-from mrcnn.graph import build_graph, loss_output_names
+from mrcnn.graph import build_graph
+from mrcnn.roi_heads import loss_output_names
 from mrcnn.imagemeta import compose_image_meta
 from mrcnn.inference import mold_inputs
 from mrcnn.training import TrainingModel

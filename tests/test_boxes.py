@@ -1,9 +1,9 @@
-"""mrcnn.box_ops against numpy references (mrcnn.utils and formulas written here)."""
+"""mrcnn.boxes (TF side) and the graph anchors of mrcnn.rpn against numpy references (mrcnn.utils and formulas written here)."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrcnn import box_ops, utils
+from mrcnn import rpn, utils
 from mrcnn import boxes as boxlib
 from mrcnn.config import Config
 
@@ -133,18 +133,18 @@ def test_pyramid_anchors_equal_numpy(hw, stride, ratios):
                                              "IMAGE_RESIZE_MODE": "none"})
     config = cfg_cls()
     expected = _numpy_anchors(config, hw)
-    got = box_ops.generate_pyramid_anchors_graph(hw, config)
+    got = rpn.generate_pyramid_anchors_graph(hw, config)
     assert got.dtype == tf.float32
     np.testing.assert_array_equal(got.numpy(), expected)
 
     # Dynamic shape tensor inside a tf.function, as the model's anchors layer uses it.
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3])])
     def from_images(images):
-        return box_ops.generate_pyramid_anchors_graph(tf.shape(images)[1:3], config)
+        return rpn.generate_pyramid_anchors_graph(tf.shape(images)[1:3], config)
     got = from_images(tf.zeros([1, hw[0], hw[1], 3]))
     np.testing.assert_array_equal(got.numpy(), expected)
     # Float image_shape from the image meta.
-    got = box_ops.generate_pyramid_anchors_graph(tf.constant([float(hw[0]), float(hw[1]), 3.]),
+    got = rpn.generate_pyramid_anchors_graph(tf.constant([float(hw[0]), float(hw[1]), 3.]),
                                                  config)
     np.testing.assert_array_equal(got.numpy(), expected)
 
@@ -152,7 +152,7 @@ def test_pyramid_anchors_equal_numpy(hw, stride, ratios):
 def test_pyramid_anchors_first_level_by_hand():
     """Level 0 of a 64x64 image: 16x16 positions, stride 4, ratios fastest."""
     config = _AnchorConfig()
-    a = box_ops.generate_pyramid_anchors_graph((64, 64), config).numpy()
+    a = rpn.generate_pyramid_anchors_graph((64, 64), config).numpy()
     assert a.shape == (3 * (16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1 * 1), 4)
     px = a * 63.0 + np.array([0, 0, 1, 1])  # denormalise
     s2 = np.sqrt(2.0)
@@ -172,11 +172,11 @@ def test_pyramid_anchors_callable_backbone_needs_static_shape():
     cfg_cls = type("Cfg", (_AnchorConfig,), {"BACKBONE": staticmethod(lambda *a, **k: None),
                                              "COMPUTE_BACKBONE_SHAPE": staticmethod(shapes)})
     config = cfg_cls()
-    got = box_ops.generate_pyramid_anchors_graph((64, 64), config)
+    got = rpn.generate_pyramid_anchors_graph((64, 64), config)
     np.testing.assert_array_equal(got.numpy(), _numpy_anchors(config, (64, 64)))
 
     @tf.function(input_signature=[tf.TensorSpec([2], tf.int32)])
     def dynamic(hw):
-        return box_ops.generate_pyramid_anchors_graph(hw, config)
+        return rpn.generate_pyramid_anchors_graph(hw, config)
     with pytest.raises(ValueError, match="static"):
         dynamic(tf.constant([64, 64]))
