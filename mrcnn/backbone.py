@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 from keras import layers as KL
 
-from mrcnn.winograd import Conv3x3, resolve_winograd
+from mrcnn.winograd import conv2d, resolve_winograd
 
 _RESNET_STAGE4_BLOCKS = {"resnet50": 5, "resnet101": 22, "resnext101": 22}
 _ARCHITECTURES = tuple(_RESNET_STAGE4_BLOCKS)
@@ -114,13 +114,8 @@ class _Builder(object):
 
     def conv(self, x, stage, filters, kernel, name, strides=1, padding="valid", groups=1,
              use_bias=True):
-        if self.winograd and kernel == 3 and strides == 1 and padding == "same" \
-                and groups == 1:
-            # Same variables and names as the Conv2D below (weight files load either way).
-            layer = Conv3x3(filters, winograd=True, use_bias=use_bias, name=name)
-        else:
-            layer = KL.Conv2D(filters, kernel, strides=strides, padding=padding,
-                              groups=groups, use_bias=use_bias, name=name)
+        layer = conv2d(filters, kernel, winograd=self.winograd, strides=strides,
+                       padding=padding, groups=groups, use_bias=use_bias, name=name)
         return self.apply(layer, stage, x)
 
     def bn(self, x, stage, name):
@@ -271,10 +266,10 @@ def build_fpn(C2, C3, C4, C5, pyramid_size, winograd=False):
         KL.UpSampling2D(size=2, name="fpn_p3upsampled")(P3),
         KL.Conv2D(pyramid_size, 1, name="fpn_c2p2")(C2)])
     # 3x3 convs smooth the upsampling artefacts of the merged maps.
-    P2 = Conv3x3(pyramid_size, winograd=winograd, name="fpn_p2")(P2)
-    P3 = Conv3x3(pyramid_size, winograd=winograd, name="fpn_p3")(P3)
-    P4 = Conv3x3(pyramid_size, winograd=winograd, name="fpn_p4")(P4)
-    P5 = Conv3x3(pyramid_size, winograd=winograd, name="fpn_p5")(P5)
+    P2 = conv2d(pyramid_size, 3, winograd, padding="same", name="fpn_p2")(P2)
+    P3 = conv2d(pyramid_size, 3, winograd, padding="same", name="fpn_p3")(P3)
+    P4 = conv2d(pyramid_size, 3, winograd, padding="same", name="fpn_p4")(P4)
+    P5 = conv2d(pyramid_size, 3, winograd, padding="same", name="fpn_p5")(P5)
     P6 = KL.MaxPooling2D(pool_size=1, strides=2, name="fpn_p6")(P5)
     return [P2, P3, P4, P5, P6]
 

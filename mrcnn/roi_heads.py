@@ -216,58 +216,11 @@ class DetectionTargetLayer(keras.layers.Layer):
         proposals, gt_class_ids, gt_boxes, gt_masks = inputs
         T = self.train_rois
         pos_quota = int(T * self.positive_ratio)
-        proposals = tf.stop_gradient(tf.cast(proposals, tf.float32))
         gt_boxes = tf.stop_gradient(tf.cast(gt_boxes, tf.float32))
         gt_class_ids = tf.cast(gt_class_ids, tf.int32)
-
-        if self.add_gt_as_proposals:
-            # Crowd and padding rows become zero boxes, i.e. padding.
-            real = tf.cast(gt_class_ids > 0, tf.float32)[..., tf.newaxis]
-            proposals = tf.concat([proposals, gt_boxes * real], axis=1)
-        # At least T proposal slots, so top-k below can always ask for T entries.
-        pad = tf.maximum(T - tf.shape(proposals)[1], 0)
-        proposals = tf.pad(proposals, [[0, 0], [0, pad], [0, 0]])
-
-        valid = tf.reduce_any(tf.not_equal(proposals, 0.0), axis=-1)        # [B, P]
-        gt_valid = tf.reduce_any(tf.not_equal(gt_boxes, 0.0), axis=-1)     # [B, G]
-        gt_real = tf.logical_and(gt_valid, gt_class_ids > 0)
-        gt_crowd = tf.logical_and(gt_valid, gt_class_ids < 0)
-
-        overlaps = overlaps_graph(proposals, gt_boxes)                     # [B, P, G]
-        real_overlaps = tf.where(gt_real[:, tf.newaxis, :], overlaps, -1.0)
-        roi_iou_max = tf.reduce_max(real_overlaps, axis=2)
-        crowd_iou_max = tf.reduce_max(
-            tf.where(gt_crowd[:, tf.newaxis, :], overlaps, 0.0), axis=2)
-        positive = tf.logical_and(valid, roi_iou_max >= self.positive_iou)
-        negative = tf.logical_and(tf.logical_and(valid, roi_iou_max < self.positive_iou),
-                                  crowd_iou_max < CROWD_IOU)
-
-        # Counts per image, following Matterport's ratio rule (float32 arithmetic).
-        n_pos = tf.minimum(tf.reduce_sum(tf.cast(positive, tf.int32), axis=1), pos_quota)
-        ratio_neg = tf.cast((1.0 / self.positive_ratio) * tf.cast(n_pos, tf.float32),
-                            tf.int32) - n_pos
-        has_gt = tf.reduce_any(gt_real, axis=1)
-        neg_target = tf.where(has_gt, ratio_neg, T - pos_quota)
-        neg_target = tf.minimum(neg_target, T - n_pos)
-        n_neg = tf.minimum(tf.reduce_sum(tf.cast(negative, tf.int32), axis=1), neg_target)
-
-        # Random subsets: top-k over uniform keys is a batched shuffle-and-take.
-        keys = tf.random.uniform(tf.shape(positive))
-        pos_idx = tf.math.top_k(tf.where(positive, keys, -1.0), pos_quota).indices
-        neg_idx = tf.math.top_k(tf.where(negative, keys, -1.0), T).indices
-        pos_ok = tf.range(pos_quota)[tf.newaxis, :] < n_pos[:, tf.newaxis]
-        neg_ok = tf.range(T)[tf.newaxis, :] < n_neg[:, tf.newaxis]
-
-        # Pack the chosen ones to the front (positives, then negatives), T slots.
-        cand_idx = tf.concat([pos_idx, neg_idx], axis=1)
-        cand_ok = tf.concat([pos_ok, neg_ok], axis=1)
-        cand_pos = tf.concat([pos_ok, tf.zeros_like(neg_ok)], axis=1)
-        num_cand = pos_quota + T
-        rank = tf.where(cand_ok, num_cand - tf.range(num_cand)[tf.newaxis, :], 0)
-        slot = tf.math.top_k(rank, T).indices                               # [B, T]
-        roi_idx = tf.gather(cand_idx, slot, batch_dims=1)
-        roi_ok = tf.gather(cand_ok, slot, batch_dims=1)
-        roi_pos = tf.gather(cand_pos, slot, batch_dims=1)
+        proposals, positive, negative, real_overlaps, has_gt = self._label(
+            proposals, gt_class_ids, gt_boxes)
+        roi_idx, roi_ok, roi_pos = self._sample(positive, negative, has_gt, pos_quota)
 
         rois = tf.gather(proposals, roi_idx, batch_dims=1) * \
             tf.cast(roi_ok, tf.float32)[..., tf.newaxis]
@@ -294,6 +247,65 @@ class DetectionTargetLayer(keras.layers.Layer):
 
         return [tf.stop_gradient(rois), tf.stop_gradient(class_ids),
                 tf.stop_gradient(deltas), tf.stop_gradient(masks)]
+
+    def _label(self, proposals, gt_class_ids, gt_boxes):
+        """Proposals (GT added, padded to >= T slots) [B, P, 4], their positive and
+        negative flags [B, P], IoUs with the real GT boxes [B, P, G] (-1 for crowd and
+        padding GT) and whether each image has a real GT box [B]."""
+        T = self.train_rois
+        proposals = tf.stop_gradient(tf.cast(proposals, tf.float32))
+        if self.add_gt_as_proposals:
+            # Crowd and padding rows become zero boxes, i.e. padding.
+            real = tf.cast(gt_class_ids > 0, tf.float32)[..., tf.newaxis]
+            proposals = tf.concat([proposals, gt_boxes * real], axis=1)
+        # At least T proposal slots, so top-k below can always ask for T entries.
+        pad = tf.maximum(T - tf.shape(proposals)[1], 0)
+        proposals = tf.pad(proposals, [[0, 0], [0, pad], [0, 0]])
+
+        valid = tf.reduce_any(tf.not_equal(proposals, 0.0), axis=-1)        # [B, P]
+        gt_valid = tf.reduce_any(tf.not_equal(gt_boxes, 0.0), axis=-1)     # [B, G]
+        gt_real = tf.logical_and(gt_valid, gt_class_ids > 0)
+        gt_crowd = tf.logical_and(gt_valid, gt_class_ids < 0)
+
+        overlaps = overlaps_graph(proposals, gt_boxes)                     # [B, P, G]
+        real_overlaps = tf.where(gt_real[:, tf.newaxis, :], overlaps, -1.0)
+        roi_iou_max = tf.reduce_max(real_overlaps, axis=2)
+        crowd_iou_max = tf.reduce_max(
+            tf.where(gt_crowd[:, tf.newaxis, :], overlaps, 0.0), axis=2)
+        positive = tf.logical_and(valid, roi_iou_max >= self.positive_iou)
+        negative = tf.logical_and(tf.logical_and(valid, roi_iou_max < self.positive_iou),
+                                  crowd_iou_max < CROWD_IOU)
+        return proposals, positive, negative, real_overlaps, tf.reduce_any(gt_real, axis=1)
+
+    def _sample(self, positive, negative, has_gt, pos_quota):
+        """Random positives and negatives packed to the front of T slots: for each slot
+        the proposal index [B, T], whether it is used and whether it is positive."""
+        T = self.train_rois
+        # Counts per image, following Matterport's ratio rule (float32 arithmetic).
+        n_pos = tf.minimum(tf.reduce_sum(tf.cast(positive, tf.int32), axis=1), pos_quota)
+        ratio_neg = tf.cast((1.0 / self.positive_ratio) * tf.cast(n_pos, tf.float32),
+                            tf.int32) - n_pos
+        neg_target = tf.where(has_gt, ratio_neg, T - pos_quota)
+        neg_target = tf.minimum(neg_target, T - n_pos)
+        n_neg = tf.minimum(tf.reduce_sum(tf.cast(negative, tf.int32), axis=1), neg_target)
+
+        # Random subsets: top-k over uniform keys is a batched shuffle-and-take.
+        keys = tf.random.uniform(tf.shape(positive))
+        pos_idx = tf.math.top_k(tf.where(positive, keys, -1.0), pos_quota).indices
+        neg_idx = tf.math.top_k(tf.where(negative, keys, -1.0), T).indices
+        pos_ok = tf.range(pos_quota)[tf.newaxis, :] < n_pos[:, tf.newaxis]
+        neg_ok = tf.range(T)[tf.newaxis, :] < n_neg[:, tf.newaxis]
+
+        # Pack the chosen ones to the front (positives, then negatives), T slots.
+        cand_idx = tf.concat([pos_idx, neg_idx], axis=1)
+        cand_ok = tf.concat([pos_ok, neg_ok], axis=1)
+        cand_pos = tf.concat([pos_ok, tf.zeros_like(neg_ok)], axis=1)
+        num_cand = pos_quota + T
+        rank = tf.where(cand_ok, num_cand - tf.range(num_cand)[tf.newaxis, :], 0)
+        slot = tf.math.top_k(rank, T).indices                               # [B, T]
+        return (tf.gather(cand_idx, slot, batch_dims=1),
+                tf.gather(cand_ok, slot, batch_dims=1),
+                tf.gather(cand_pos, slot, batch_dims=1))
 
     def _mask_targets(self, gt_masks, rois, gt_boxes, roi_gt):
         """Crop each ROI's GT mask. rois, gt_boxes [B, K, 4], roi_gt [B, K] -> [B, K, mh, mw]."""

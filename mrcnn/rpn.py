@@ -23,7 +23,7 @@ from keras import layers as KL
 from mrcnn.boxes import BoxCoder, clip_boxes_graph, compute_overlaps, norm_boxes
 from mrcnn.config import Config, config_values
 from mrcnn.losses import LossLayer, register_loss, safe_mean, smooth_l1
-from mrcnn.winograd import Conv3x3, resolve_winograd
+from mrcnn.winograd import conv2d, resolve_winograd
 
 
 ############################################################
@@ -287,12 +287,8 @@ def rpn_graph(feature_map, anchors_per_location, anchor_stride, conv_dim=512, in
     init = {} if init_std is None else dict(
         kernel_initializer=keras.initializers.RandomNormal(stddev=float(init_std)),
         bias_initializer="zeros")
-    if anchor_stride == 1:
-        shared = Conv3x3(int(conv_dim), activation="relu", winograd=winograd,
-                         name="rpn_conv_shared", **init)(feature_map)
-    else:
-        shared = KL.Conv2D(int(conv_dim), 3, padding="same", activation="relu",
-                           strides=anchor_stride, name="rpn_conv_shared", **init)(feature_map)
+    shared = conv2d(int(conv_dim), 3, winograd, strides=anchor_stride, padding="same",
+                    activation="relu", name="rpn_conv_shared", **init)(feature_map)
     x = KL.Conv2D(2 * anchors_per_location, 1, padding="valid", name="rpn_class_raw",
                   **init)(shared)
     rpn_class_logits = KL.Reshape((-1, 2), dtype="float32", name="rpn_class_raw_reshape")(x)
@@ -473,6 +469,19 @@ def _max_iou_blocks(anchors, boxes):
     return best_iou, best_box, is_box_best
 
 
+def _balance(rpn_match, total, rng):
+    """In place: at most total // 2 positives, negatives fill up to ``total``; the
+    anchors dropped at random become neutral (0)."""
+    positive = np.flatnonzero(rpn_match == 1)
+    extra = positive.shape[0] - total // 2
+    if extra > 0:
+        rpn_match[_choice(rng, positive, extra)] = 0
+    negative = np.flatnonzero(rpn_match == -1)
+    extra = negative.shape[0] - (total - np.count_nonzero(rpn_match == 1))
+    if extra > 0:
+        rpn_match[_choice(rng, negative, extra)] = 0
+
+
 def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=None):
     """RPN training targets of one image (Matterport semantics, vectorised).
 
@@ -519,15 +528,7 @@ def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=
         best_gt = np.zeros([num_anchors], dtype=np.int64)
         rpn_match[no_crowd] = -1
 
-    # Balance: positives at most half, negatives fill up to `total`.
-    positive = np.flatnonzero(rpn_match == 1)
-    extra = positive.shape[0] - total // 2
-    if extra > 0:
-        rpn_match[_choice(rng, positive, extra)] = 0
-    negative = np.flatnonzero(rpn_match == -1)
-    extra = negative.shape[0] - (total - np.count_nonzero(rpn_match == 1))
-    if extra > 0:
-        rpn_match[_choice(rng, negative, extra)] = 0
+    _balance(rpn_match, total, rng)
 
     positive = np.flatnonzero(rpn_match == 1)
     if positive.shape[0]:

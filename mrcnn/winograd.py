@@ -238,3 +238,17 @@ class Conv3x3(keras.layers.Conv2D):
         config = super().get_config()
         config["winograd"] = self.winograd
         return config
+
+
+def conv2d(filters, kernel_size, winograd=False, strides=1, padding="valid", groups=1,
+           **kwargs):
+    """The library's convolution factory: a plain ``keras.layers.Conv2D``, or, when
+    ``winograd`` (CONV3X3_WINOGRAD resolved by resolve_winograd) and the conv is a stride-1
+    3x3 "same" conv without groups, a Conv3x3 that picks Winograd where it pays. Both have
+    the same variables and names, so weight files load either way; the backbone, FPN and
+    RPN build their convolutions here and read as plain Keras."""
+    if winograd and kernel_size in (3, (3, 3)) and strides in (1, (1, 1)) and \
+            padding == "same" and groups == 1:
+        return Conv3x3(filters, winograd=True, **kwargs)
+    return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
+                               groups=groups, **kwargs)

@@ -275,7 +275,8 @@ def test_model_outputs_match_with_and_without_winograd(tmp_path, monkeypatch):
     off.keras_model.set_weights(on.keras_model.get_weights())
     assert on.keras_model.get_layer("fpn_p2").winograd
     assert on.keras_model.get_layer("rpn_model").get_layer("rpn_conv_shared").winograd
-    assert not off.keras_model.get_layer("fpn_p2").winograd
+    # Off: the factory builds plain Keras convolutions.
+    assert type(off.keras_model.get_layer("fpn_p2")) is keras.layers.Conv2D
     image = np.random.default_rng(4).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     names = ["rpn_class", "rpn_bbox"]
     got, want = on.run_graph([image], [(n, on.keras_model.get_layer(n).output) for n in names]), \
