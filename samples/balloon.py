@@ -19,7 +19,6 @@ Usage::
 Importing this module runs nothing; the model code is imported only by the commands.
 """
 
-import argparse
 import datetime
 import os
 import sys
@@ -30,14 +29,11 @@ ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT_DIR not in sys.path:
     sys.path.insert(0, ROOT_DIR)
 
-from mrcnn import utils  # noqa: E402
+from mrcnn import sample_cli  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
 from mrcnn.datasets import MissingFileError, ViaDataset, read_via_json, split_items  # noqa: E402
 
-COCO_WEIGHTS_PATH = os.path.join(ROOT_DIR, "mask_rcnn_coco.h5")
-DEFAULT_LOGS_DIR = os.path.join(ROOT_DIR, "logs")
-SHARED_DATA = os.environ.get("MRCNN_SHARED_DATA",
-                             os.path.join(ROOT_DIR, "..", "shared", "data"))
+COCO_WEIGHTS_PATH, DEFAULT_LOGS_DIR, SHARED_DATA = sample_cli.sample_paths(ROOT_DIR)
 DEFAULT_DATASET = os.path.join(SHARED_DATA, "balloon")
 
 # Split used when the dataset has no val/ folder: of the annotated images of train/
@@ -47,7 +43,7 @@ VAL_FRACTION = 0.2
 SPLIT_SEED = 42
 
 # Layers whose shapes depend on NUM_CLASSES: not loaded from the 81-class COCO weights.
-COCO_HEAD_LAYERS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
+COCO_HEAD_LAYERS = sample_cli.COCO_HEAD_LAYERS
 
 
 ############################################################
@@ -77,12 +73,7 @@ class BalloonEvalConfig(BalloonInferenceConfig):
     DETECTION_MIN_CONFIDENCE = 0
 
 
-def make_config(config_class, cascade=False):
-    """Instantiate ``config_class`` or its Cascade Mask R-CNN variant ("cascade_<NAME>")."""
-    if cascade:
-        config_class = type("Cascade" + config_class.__name__, (config_class,),
-                            {"CASCADE": True, "NAME": "cascade_" + config_class.NAME})
-    return config_class()
+make_config = sample_cli.make_config
 
 
 ############################################################
@@ -197,30 +188,22 @@ def detect_and_color_splash(model, image_path=None, video_path=None, output_dir=
 ############################################################
 
 def resolve_weights(model, weights):
-    """Weights path for "coco" (downloaded if absent), "last", "imagenet" or a path."""
-    key = weights.lower()
-    if key == "coco":
-        if not os.path.exists(COCO_WEIGHTS_PATH):
-            utils.download_trained_weights(COCO_WEIGHTS_PATH)
-        return COCO_WEIGHTS_PATH
-    if key == "last":
-        return model.find_last()
-    if key == "imagenet":
-        return model.get_imagenet_weights()
-    if not os.path.isfile(weights):
-        raise FileNotFoundError("weights file not found: {}".format(weights))
-    return weights
+    """Weights path for "coco" (downloaded if absent), "last", "imagenet" or a path
+    (see mrcnn.sample_cli.resolve_weights)."""
+    return sample_cli.resolve_weights(model, weights, COCO_WEIGHTS_PATH)
+
+
+def load_dataset(dataset_dir, subset):
+    """A prepared BalloonDataset of ``subset`` ("train" or "val")."""
+    dataset = BalloonDataset()
+    dataset.load_balloon(dataset_dir, subset)
+    dataset.prepare()
+    return dataset
 
 
 def load_datasets(dataset_dir):
     """Prepared (train, val) BalloonDatasets."""
-    dataset_train = BalloonDataset()
-    dataset_train.load_balloon(dataset_dir, "train")
-    dataset_train.prepare()
-    dataset_val = BalloonDataset()
-    dataset_val.load_balloon(dataset_dir, "val")
-    dataset_val.prepare()
-    return dataset_train, dataset_val
+    return load_dataset(dataset_dir, "train"), load_dataset(dataset_dir, "val")
 
 
 def train(model, config, dataset_dir=DEFAULT_DATASET):
@@ -233,68 +216,40 @@ def train(model, config, dataset_dir=DEFAULT_DATASET):
 
 def evaluate(model, dataset_dir=DEFAULT_DATASET, limit=None, results_json=None):
     """COCO-style bbox and segm AP on the validation images; prints and returns them."""
-    from mrcnn.evaluate import evaluate_coco, format_metrics
-    dataset_val = BalloonDataset()
-    dataset_val.load_balloon(dataset_dir, "val")
-    dataset_val.prepare()
-    metrics = evaluate_coco(model, dataset_val, iou_types=("bbox", "segm"), limit=limit,
-                            results_json=results_json)
-    print(format_metrics(metrics))
-    return metrics
+    return sample_cli.evaluate_dataset(model, load_dataset(dataset_dir, "val"), limit=limit,
+                                       results_json=results_json)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Train Mask R-CNN to detect balloons.")
-    parser.add_argument("command", metavar="<command>", choices=("train", "evaluate", "splash"),
-                        help="'train', 'evaluate' or 'splash'")
-    parser.add_argument("--dataset", default=DEFAULT_DATASET, metavar="/path/to/balloon/dataset/",
-                        help="Directory of the Balloon dataset (default: {})".format(
-                            DEFAULT_DATASET))
-    parser.add_argument("--weights", required=True, metavar="/path/to/weights.h5",
-                        help="Path to weights .h5 file or 'coco', 'imagenet', 'last'")
-    parser.add_argument("--logs", default=DEFAULT_LOGS_DIR, metavar="/path/to/logs/",
-                        help="Logs and checkpoints directory (default=logs/)")
+    """Matterport's balloon command line, with evaluate, --limit, --results, --cascade."""
+    parser = sample_cli.base_parser("Train Mask R-CNN to detect balloons.",
+                                    ("train", "evaluate", "splash"))
+    sample_cli.add_dataset_arg(parser, DEFAULT_DATASET, "/path/to/balloon/dataset/",
+                               "Directory of the Balloon dataset")
+    sample_cli.add_model_args(parser, DEFAULT_LOGS_DIR)
     parser.add_argument("--image", metavar="path or URL to image",
                         help="Image to apply the color splash effect on")
     parser.add_argument("--video", metavar="path or URL to video",
                         help="Video to apply the color splash effect on")
-    parser.add_argument("--limit", type=int, default=None, metavar="<image count>",
-                        help="evaluate: only the first N validation images")
-    parser.add_argument("--results", default=None, metavar="/path/to/results.json",
-                        help="evaluate: write the detections to this COCO results JSON")
-    parser.add_argument("--cascade", action="store_true",
-                        help="Cascade Mask R-CNN (three box stages) instead of Mask R-CNN")
+    sample_cli.add_eval_args(parser, limit_help="evaluate: only the first N validation images")
     return parser
 
 
 def main(argv=None):
+    """Run a command of the command line ``argv`` (default sys.argv[1:]); returns 0."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "splash" and not (args.image or args.video):
         parser.error("splash needs --image or --video")
-    print("Weights: ", args.weights)
-    print("Dataset: ", args.dataset)
-    print("Logs: ", args.logs)
-
-    from mrcnn import model as modellib
-
+    sample_cli.print_settings(("Weights", args.weights), ("Dataset", args.dataset),
+                              ("Logs", args.logs))
     config_class = {"train": BalloonConfig, "evaluate": BalloonEvalConfig,
                     "splash": BalloonInferenceConfig}[args.command]
-    config = make_config(config_class, args.cascade)
-    config.display()
-    mode = "training" if args.command == "train" else "inference"
-    model = modellib.MaskRCNN(mode=mode, config=config, model_dir=args.logs)
-
-    weights_path = resolve_weights(model, args.weights)
-    print("Loading weights ", weights_path)
-    if args.weights.lower() == "coco":
-        # The COCO heads have 81 classes: skip the class-dependent layers.
-        model.load_weights(weights_path, by_name=True, exclude=COCO_HEAD_LAYERS)
-    else:
-        model.load_weights(weights_path, by_name=True)
+    model = sample_cli.build_model(args.command, config_class, args.cascade, args.logs)
+    sample_cli.load_weights(model, args.weights, COCO_WEIGHTS_PATH)
 
     if args.command == "train":
-        train(model, config, args.dataset)
+        train(model, model.config, args.dataset)
     elif args.command == "evaluate":
         evaluate(model, args.dataset, limit=args.limit, results_json=args.results)
     else:

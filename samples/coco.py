@@ -36,13 +36,12 @@ ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT_DIR not in sys.path:
     sys.path.insert(0, ROOT_DIR)
 
-from mrcnn import utils  # noqa: E402
+from mrcnn import sample_cli  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
 from mrcnn.datasets import CocoJsonDataset  # noqa: E402
 
 # Matterport's COCO-trained weights (downloaded on first use of --model=coco).
-COCO_MODEL_PATH = os.path.join(ROOT_DIR, "mask_rcnn_coco.h5")
-DEFAULT_LOGS_DIR = os.path.join(ROOT_DIR, "logs")
+COCO_MODEL_PATH, DEFAULT_LOGS_DIR, _ = sample_cli.sample_paths(ROOT_DIR)
 DEFAULT_DATASET_YEAR = "2014"
 
 IMAGES_URL = "http://images.cocodataset.org/zips/{}{}.zip"
@@ -76,16 +75,7 @@ class CocoInferenceConfig(CocoConfig):
     DETECTION_MIN_CONFIDENCE = 0
 
 
-def make_config(config_class, cascade=False):
-    """Instantiate ``config_class``, or a Cascade Mask R-CNN subclass of it.
-
-    The cascade variant is named "cascade_<NAME>" so its log folders (and --model=last)
-    never mix with the plain model's.
-    """
-    if cascade:
-        config_class = type("Cascade" + config_class.__name__, (config_class,),
-                            {"CASCADE": True, "NAME": "cascade_" + config_class.NAME})
-    return config_class()
+make_config = sample_cli.make_config
 
 
 ############################################################
@@ -249,19 +239,18 @@ def build_coco_results(dataset, image_ids, rois, class_ids, scores, masks):
 ############################################################
 
 def resolve_weights(model, weights):
-    """Weights path for "coco" (downloaded if absent), "last", "imagenet" or a path."""
-    key = weights.lower()
-    if key == "coco":
-        if not os.path.exists(COCO_MODEL_PATH):
-            utils.download_trained_weights(COCO_MODEL_PATH)
-        return COCO_MODEL_PATH
-    if key == "last":
-        return model.find_last()
-    if key == "imagenet":
-        return model.get_imagenet_weights()
-    if not os.path.isfile(weights):
-        raise FileNotFoundError("weights file not found: {}".format(weights))
-    return weights
+    """Weights path for "coco" (downloaded if absent), "last", "imagenet" or a path
+    (see mrcnn.sample_cli.resolve_weights)."""
+    return sample_cli.resolve_weights(model, weights, COCO_MODEL_PATH)
+
+
+def load_val_dataset(dataset_dir, year=DEFAULT_DATASET_YEAR, download=False):
+    """The prepared validation CocoDataset: val2017, or minival for 2014."""
+    dataset_val = CocoDataset()
+    val_type = "val" if year == "2017" else "minival"
+    dataset_val.load_coco(dataset_dir, val_type, year=year, auto_download=download)
+    dataset_val.prepare()
+    return dataset_val
 
 
 def train(model, config, dataset_dir, year=DEFAULT_DATASET_YEAR, download=False):
@@ -276,11 +265,7 @@ def train(model, config, dataset_dir, year=DEFAULT_DATASET_YEAR, download=False)
         dataset_train.load_coco(dataset_dir, "valminusminival", year=year,
                                 auto_download=download)
     dataset_train.prepare()
-
-    dataset_val = CocoDataset()
-    val_type = "val" if year == "2017" else "minival"
-    dataset_val.load_coco(dataset_dir, val_type, year=year, auto_download=download)
-    dataset_val.prepare()
+    dataset_val = load_val_dataset(dataset_dir, year, download)
 
     augmentation = iaa.Fliplr(0.5)
 
@@ -302,16 +287,10 @@ def evaluate(model, dataset_dir, year=DEFAULT_DATASET_YEAR, limit=500, results_j
     Prints the metrics table, writes the detections to ``results_json`` (ids are the
     dataset's internal image / class ids, see mrcnn.evaluate) and returns the metrics.
     """
-    from mrcnn.evaluate import evaluate_coco, format_metrics
-
-    dataset_val = CocoDataset()
-    val_type = "val" if year == "2017" else "minival"
-    dataset_val.load_coco(dataset_dir, val_type, year=year, auto_download=download)
-    dataset_val.prepare()
+    dataset_val = load_val_dataset(dataset_dir, year, download)
     print("Running COCO evaluation on {} images.".format(limit or dataset_val.num_images))
-    metrics = evaluate_coco(model, dataset_val, iou_types=("bbox", "segm"),
-                            limit=limit or None, results_json=results_json)
-    print(format_metrics(metrics))
+    metrics = sample_cli.evaluate_dataset(model, dataset_val, limit=limit or None,
+                                          results_json=results_json)
     if results_json:
         print("Detections written to", results_json)
     return metrics
@@ -329,63 +308,52 @@ def str2bool(value):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Train Mask R-CNN on MS COCO.")
-    parser.add_argument("command", metavar="<command>", choices=("train", "evaluate"),
-                        help="'train' or 'evaluate' on MS COCO")
-    parser.add_argument("--dataset", required=True, metavar="/path/to/coco/",
-                        help="Directory of the MS-COCO dataset")
+    """Matterport's coco command line (--model, --year, --download), with --cascade and
+    --results."""
+    parser = sample_cli.base_parser("Train Mask R-CNN on MS COCO.", ("train", "evaluate"),
+                                    "'train' or 'evaluate' on MS COCO")
+    sample_cli.add_dataset_arg(parser, metavar="/path/to/coco/",
+                               help="Directory of the MS-COCO dataset")
     parser.add_argument("--year", default=DEFAULT_DATASET_YEAR, metavar="<year>",
                         help="Year of the MS-COCO dataset (2014 or 2017) (default=2014)")
-    parser.add_argument("--model", required=True, metavar="/path/to/weights.h5",
-                        help="Path to weights .h5 file or 'coco', 'imagenet', 'last'")
-    parser.add_argument("--logs", default=DEFAULT_LOGS_DIR, metavar="/path/to/logs/",
-                        help="Logs and checkpoints directory (default=logs/)")
-    parser.add_argument("--limit", type=int, default=500, metavar="<image count>",
-                        help="Images to use for evaluation, 0 = all (default=500)")
+    sample_cli.add_model_args(parser, DEFAULT_LOGS_DIR, flag="--model")
     parser.add_argument("--download", type=str2bool, nargs="?", const=True, default=False,
                         metavar="<True|False>",
                         help="Automatically download and unzip MS-COCO files (default=False)")
-    parser.add_argument("--cascade", action="store_true",
-                        help="Cascade Mask R-CNN (three box stages) instead of Mask R-CNN")
-    parser.add_argument("--results", default=None, metavar="/path/to/results.json",
-                        help="Where evaluate writes the detections (default: "
-                             "<logs>/coco_results_<year>_<time>.json)")
+    sample_cli.add_eval_args(
+        parser, limit=500, limit_help="Images to use for evaluation, 0 = all (default=500)",
+        results_help="Where evaluate writes the detections (default: "
+                     "<logs>/coco_results_<year>_<time>.json)")
     return parser
 
 
+def results_path(results, logs_dir, year):
+    """``results``, by default <logs_dir>/coco_results_<year>_<time>.json; its folder is
+    created."""
+    results = results or os.path.join(logs_dir, "coco_results_{}_{:%Y%m%dT%H%M%S}.json".format(
+        year, datetime.datetime.now()))
+    os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
+    return results
+
+
 def main(argv=None):
+    """Run a command of the command line ``argv`` (default sys.argv[1:]); returns 0."""
     args = build_parser().parse_args(argv)
-    print("Command: ", args.command)
-    print("Model: ", args.model)
-    print("Dataset: ", args.dataset)
-    print("Year: ", args.year)
-    print("Logs: ", args.logs)
-    print("Auto Download: ", args.download)
-    print("Cascade: ", args.cascade)
-
-    from mrcnn import model as modellib
-
-    if args.command == "train":
-        config = make_config(CocoConfig, args.cascade)
-    else:
-        config = make_config(CocoInferenceConfig, args.cascade)
-    config.display()
-    mode = "training" if args.command == "train" else "inference"
-    model = modellib.MaskRCNN(mode=mode, config=config, model_dir=args.logs)
-
-    model_path = resolve_weights(model, args.model)
-    print("Loading weights ", model_path)
-    model.load_weights(model_path, by_name=True)
+    sample_cli.print_settings(
+        ("Command", args.command), ("Model", args.model), ("Dataset", args.dataset),
+        ("Year", args.year), ("Logs", args.logs), ("Auto Download", args.download),
+        ("Cascade", args.cascade))
+    config_class = CocoConfig if args.command == "train" else CocoInferenceConfig
+    model = sample_cli.build_model(args.command, config_class, args.cascade, args.logs)
+    # The model has COCO's 81 classes: --model=coco loads the heads too.
+    sample_cli.load_weights(model, args.model, COCO_MODEL_PATH, coco_heads=True)
 
     if args.command == "train":
-        train(model, config, args.dataset, year=args.year, download=args.download)
+        train(model, model.config, args.dataset, year=args.year, download=args.download)
     else:
-        results = args.results or os.path.join(
-            args.logs, "coco_results_{}_{:%Y%m%dT%H%M%S}.json".format(
-                args.year, datetime.datetime.now()))
-        os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
         evaluate(model, args.dataset, year=args.year, limit=args.limit,
-                 results_json=results, download=args.download)
+                 results_json=results_path(args.results, args.logs, args.year),
+                 download=args.download)
     return 0
 
 

@@ -22,7 +22,6 @@ Usage::
 Importing this module runs nothing; the model code is imported only by the commands.
 """
 
-import argparse
 import datetime
 import os
 import sys
@@ -33,20 +32,19 @@ ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT_DIR not in sys.path:
     sys.path.insert(0, ROOT_DIR)
 
-from mrcnn import datasets, utils  # noqa: E402
+from mrcnn import datasets, sample_cli  # noqa: E402
 from mrcnn.config import Config, cpu_supports_bfloat16  # noqa: E402
 
-COCO_WEIGHTS_PATH = os.path.join(ROOT_DIR, "mask_rcnn_coco.h5")
-DEFAULT_LOGS_DIR = os.path.join(ROOT_DIR, "logs")
+COCO_WEIGHTS_PATH, DEFAULT_LOGS_DIR, SHARED_DATA = sample_cli.sample_paths(ROOT_DIR)
 RESULTS_DIR = os.path.join(ROOT_DIR, "results", "nucleus")
-SHARED_DATA = os.environ.get("MRCNN_SHARED_DATA",
-                             os.path.join(ROOT_DIR, "..", "shared", "data"))
 DEFAULT_DATASET = os.path.join(SHARED_DATA, "dsb2018")
 
 VAL_FRACTION = 0.1
 SPLIT_SEED = 42
 
-COCO_HEAD_LAYERS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
+COCO_HEAD_LAYERS = sample_cli.COCO_HEAD_LAYERS
+# --weights: Matterport's keywords, and "none" (random initialisation, train only).
+WEIGHT_KEYWORDS = sample_cli.WEIGHT_KEYWORDS + (sample_cli.NO_WEIGHTS,)
 
 
 ############################################################
@@ -155,12 +153,7 @@ class NucleusScratchInferenceConfig(_WholeImageInference, NucleusScratchConfig):
     MIXED_PRECISION = None
 
 
-def make_config(config_class, cascade=False):
-    """Instantiate ``config_class`` or its Cascade Mask R-CNN variant ("cascade_<NAME>")."""
-    if cascade:
-        config_class = type("Cascade" + config_class.__name__, (config_class,),
-                            {"CASCADE": True, "NAME": "cascade_" + config_class.NAME})
-    return config_class()
+make_config = sample_cli.make_config
 
 
 ############################################################
@@ -248,19 +241,17 @@ def mask_to_rle(image_id, mask, scores):
 ############################################################
 
 def resolve_weights(model, weights):
-    """Weights path for "coco" (downloaded if absent), "last", "imagenet" or a path."""
-    key = weights.lower()
-    if key == "coco":
-        if not os.path.exists(COCO_WEIGHTS_PATH):
-            utils.download_trained_weights(COCO_WEIGHTS_PATH)
-        return COCO_WEIGHTS_PATH
-    if key == "last":
-        return model.find_last()
-    if key == "imagenet":
-        return model.get_imagenet_weights()
-    if not os.path.isfile(weights):
-        raise FileNotFoundError("weights file not found: {}".format(weights))
-    return weights
+    """Weights path for "coco" (downloaded if absent), "last", "imagenet" or a path; None
+    for "none" (see mrcnn.sample_cli.resolve_weights)."""
+    return sample_cli.resolve_weights(model, weights, COCO_WEIGHTS_PATH, WEIGHT_KEYWORDS)
+
+
+def load_dataset(dataset_dir, subset, cache_masks=False):
+    """A prepared NucleusDataset of ``subset`` (see NucleusDataset.load_nucleus)."""
+    dataset = NucleusDataset()
+    dataset.load_nucleus(dataset_dir, subset, cache_masks=cache_masks)
+    dataset.prepare()
+    return dataset
 
 
 def augmenter():
@@ -285,12 +276,8 @@ def train(model, config, dataset_dir=DEFAULT_DATASET, subset="train", scratch=Fa
     from mrcnn.training import TimeBudget
 
     # Every epoch reads the same masks again: keep them (as small crops) in memory.
-    dataset_train = NucleusDataset()
-    dataset_train.load_nucleus(dataset_dir, subset, cache_masks=True)
-    dataset_train.prepare()
-    dataset_val = NucleusDataset()
-    dataset_val.load_nucleus(dataset_dir, "val", cache_masks=True)
-    dataset_val.prepare()
+    dataset_train = load_dataset(dataset_dir, subset, cache_masks=True)
+    dataset_val = load_dataset(dataset_dir, "val", cache_masks=True)
     augmentation = augmenter()
     callbacks = [TimeBudget(time_budget)] if time_budget else []
 
@@ -310,15 +297,10 @@ def train(model, config, dataset_dir=DEFAULT_DATASET, subset="train", scratch=Fa
 def evaluate(model, dataset_dir=DEFAULT_DATASET, subset="val", limit=None,
              results_json=None):
     """COCO bbox and segm metrics on ``subset``; segm AP@0.5 is the headline number."""
-    from mrcnn.evaluate import evaluate_coco, format_metrics
-    dataset = NucleusDataset()
-    dataset.load_nucleus(dataset_dir, subset)
-    dataset.prepare()
     # Up to 400 nuclei per image: COCO's 100 detections per image would cap recall.
-    metrics = evaluate_coco(model, dataset, iou_types=("bbox", "segm"), limit=limit,
-                            results_json=results_json,
-                            max_dets=model.config.DETECTION_MAX_INSTANCES)
-    print(format_metrics(metrics))
+    metrics = sample_cli.evaluate_dataset(model, load_dataset(dataset_dir, subset),
+                                          limit=limit, results_json=results_json,
+                                          max_dets=model.config.DETECTION_MAX_INSTANCES)
     print("segm AP@0.5 ({} images): {:.3f}".format(metrics.get("num_images", "?"),
                                                    metrics["segm"]["AP50"]))
     return metrics
@@ -332,9 +314,7 @@ def detect(model, dataset_dir=DEFAULT_DATASET, subset="val", results_dir=RESULTS
     submit_dir = os.path.join(results_dir, "submit_{:%Y%m%dT%H%M%S}".format(
         datetime.datetime.now()))
     os.makedirs(submit_dir)
-    dataset = NucleusDataset()
-    dataset.load_nucleus(dataset_dir, subset)
-    dataset.prepare()
+    dataset = load_dataset(dataset_dir, subset)
 
     plt = visualize = None
     if save_images:
@@ -367,27 +347,18 @@ def detect(model, dataset_dir=DEFAULT_DATASET, subset="val", results_dir=RESULTS
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        description="Mask R-CNN for nuclei counting and segmentation")
-    parser.add_argument("command", metavar="<command>", choices=("train", "evaluate", "detect"),
-                        help="'train', 'evaluate' or 'detect'")
-    parser.add_argument("--dataset", default=DEFAULT_DATASET, metavar="/path/to/dataset/",
-                        help="Root directory of the dataset (default: {})".format(
-                            DEFAULT_DATASET))
-    parser.add_argument("--weights", required=True, metavar="/path/to/weights.h5",
-                        help="Path to weights .h5 file or 'coco', 'imagenet', 'last', or "
-                             "'none' (random initialisation, for train)")
-    parser.add_argument("--logs", default=DEFAULT_LOGS_DIR, metavar="/path/to/logs/",
-                        help="Logs and checkpoints directory (default=logs/)")
+    """Matterport's nucleus command line, with --limit, --results, --cascade, --scratch and
+    --time-budget."""
+    parser = sample_cli.base_parser("Mask R-CNN for nuclei counting and segmentation",
+                                    ("train", "evaluate", "detect"))
+    sample_cli.add_dataset_arg(parser, DEFAULT_DATASET, "/path/to/dataset/",
+                               "Root directory of the dataset")
+    sample_cli.add_model_args(parser, DEFAULT_LOGS_DIR, keywords=WEIGHT_KEYWORDS,
+                              weights_help=" (random initialisation, for train)")
     parser.add_argument("--subset", metavar="Dataset sub-directory", default=None,
                         help="Subset: train, val, or a sub-folder such as stage1_test "
                              "(default: train for train, val otherwise)")
-    parser.add_argument("--limit", type=int, default=None, metavar="<image count>",
-                        help="evaluate: only the first N images")
-    parser.add_argument("--results", default=None, metavar="/path/to/results.json",
-                        help="evaluate: write the detections to this COCO results JSON")
-    parser.add_argument("--cascade", action="store_true",
-                        help="Cascade Mask R-CNN (three box stages) instead of Mask R-CNN")
+    sample_cli.add_eval_args(parser)
     parser.add_argument("--scratch", action="store_true",
                         help="NucleusScratchConfig: the model for training from random "
                              "weights (all layers, Adam); use it for evaluate/detect too")
@@ -397,41 +368,29 @@ def build_parser():
     return parser
 
 
+def config_class_for(command, scratch=False):
+    """The Config class of ``command``: (scratch) training config for "train", the
+    whole-image inference config otherwise."""
+    if command == "train":
+        return NucleusScratchConfig if scratch else NucleusConfig
+    return NucleusScratchInferenceConfig if scratch else NucleusInferenceConfig
+
+
 def main(argv=None):
+    """Run a command of the command line ``argv`` (default sys.argv[1:]); returns 0."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.weights.lower() == "none" and args.command != "train":
+    if args.weights.lower() == sample_cli.NO_WEIGHTS and args.command != "train":
         parser.error("--weights=none (random initialisation) is for train only")
     subset = args.subset or ("train" if args.command == "train" else "val")
-    print("Weights: ", args.weights)
-    print("Dataset: ", args.dataset)
-    print("Subset: ", subset)
-    print("Logs: ", args.logs)
-
-    from mrcnn import model as modellib
-
-    if args.command == "train":
-        config_class = NucleusScratchConfig if args.scratch else NucleusConfig
-    else:
-        config_class = (NucleusScratchInferenceConfig if args.scratch
-                        else NucleusInferenceConfig)
-    config = make_config(config_class, args.cascade)
-    config.display()
-    mode = "training" if args.command == "train" else "inference"
-    model = modellib.MaskRCNN(mode=mode, config=config, model_dir=args.logs)
-
-    if args.weights.lower() == "none":
-        print("Random initialisation")
-    else:
-        weights_path = resolve_weights(model, args.weights)
-        print("Loading weights ", weights_path)
-        if args.weights.lower() == "coco":
-            model.load_weights(weights_path, by_name=True, exclude=COCO_HEAD_LAYERS)
-        else:
-            model.load_weights(weights_path, by_name=True)
+    sample_cli.print_settings(("Weights", args.weights), ("Dataset", args.dataset),
+                              ("Subset", subset), ("Logs", args.logs))
+    model = sample_cli.build_model(args.command, config_class_for(args.command, args.scratch),
+                                   args.cascade, args.logs)
+    sample_cli.load_weights(model, args.weights, COCO_WEIGHTS_PATH, WEIGHT_KEYWORDS)
 
     if args.command == "train":
-        train(model, config, args.dataset, subset, scratch=args.scratch,
+        train(model, model.config, args.dataset, subset, scratch=args.scratch,
               time_budget=args.time_budget)
     elif args.command == "evaluate":
         evaluate(model, args.dataset, subset, limit=args.limit, results_json=args.results)

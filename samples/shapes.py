@@ -23,10 +23,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from mrcnn import utils  # noqa: E402
+from mrcnn import sample_cli, utils  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
 
 SHAPES = ("square", "circle", "triangle")
+DEFAULT_LOGS_DIR = sample_cli.sample_paths(ROOT).logs
+# --model: "last" (the newest checkpoint of the shapes runs) or a weights file.
+MODEL_KEYWORDS = ("last",)
 
 
 class ShapesConfig(Config):
@@ -195,12 +198,13 @@ def evaluate_map(model, dataset, config, limit=None, iou_threshold=0.5):
     return maps if np.ndim(iou_threshold) else maps[0]
 
 
-def main(argv=None):
+def build_parser():
+    """The shapes command line: train / evaluate / detect and the run's sizes."""
     parser = argparse.ArgumentParser(description="Mask R-CNN on synthetic shapes.")
     parser.add_argument("command", choices=["train", "evaluate", "detect"])
-    parser.add_argument("--logs", default=os.path.join(ROOT, "logs"),
+    parser.add_argument("--logs", default=DEFAULT_LOGS_DIR,
                         help="logs and checkpoints directory (default: logs/)")
-    parser.add_argument("--model", default=None,
+    parser.add_argument("--model", default=None, type=sample_cli.weights_type(MODEL_KEYWORDS),
                         help="'last' or a path to .h5 weights (evaluate/detect; train "
                              "resumes from it)")
     parser.add_argument("--cascade", action="store_true", help="Cascade Mask R-CNN")
@@ -217,62 +221,88 @@ def main(argv=None):
                         help="evaluate on the first N validation images (default all)")
     parser.add_argument("--out", default=None, help="PNG of detections (default: in the "
                                                     "run's log directory)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def run_configs(cascade=False, steps=None):
+    """(training config, evaluation config) of a run. One inference model serves
+    evaluation, which keeps every detection, and drawing, which filters at 0.7."""
+    overrides = {"CASCADE": True} if cascade else {}
+    infer_cfg = type("RunEvalConfig", (ShapesEvalConfig,), dict(overrides))()
+    if steps:
+        overrides["STEPS_PER_EPOCH"] = steps
+    return type("RunConfig", (ShapesConfig,), overrides)(), infer_cfg
+
+
+def train(args, config, dataset_train, dataset_val):
+    """Train from random weights (or resume from ``--model``) for ``--epochs`` (default
+    40) within ``--time-budget``; returns the last checkpoint."""
     from mrcnn import model as modellib
-    from mrcnn import visualize
     from mrcnn.training import TimeBudget
+    t0 = time.time()
+    model = modellib.MaskRCNN("training", config, args.logs)
+    if args.model:
+        model.load_weights(sample_cli.resolve_weights(model, args.model,
+                                                      keywords=MODEL_KEYWORDS), by_name=True)
+    callbacks = [TimeBudget(args.time_budget)] if args.time_budget else []
+    model.train(dataset_train, dataset_val, learning_rate=config.LEARNING_RATE,
+                epochs=args.epochs or 40, layers="all", custom_callbacks=callbacks)
+    weights = model.find_last()
+    print("Training took {:.1f} min; weights: {}".format((time.time() - t0) / 60, weights))
+    return weights
 
-    cascade = {"CASCADE": True} if args.cascade else {}
-    overrides = dict(cascade)
-    if args.steps:
-        overrides["STEPS_PER_EPOCH"] = args.steps
-    train_cfg = type("RunConfig", (ShapesConfig,), overrides)()
-    # One inference model; evaluation keeps every detection, drawing filters at 0.7.
-    infer_cfg = type("RunEvalConfig", (ShapesEvalConfig,), dict(cascade))()
-    draw_threshold = ShapesInferenceConfig.DETECTION_MIN_CONFIDENCE
+
+def report_map(model, dataset, config, eval_images=None):
+    """Print mAP@0.5 and @0.75 (evaluate_map on the first ``eval_images`` images) and the
+    inference time per image."""
+    t1 = time.time()
+    m50, m75 = evaluate_map(model, dataset, config, limit=eval_images,
+                            iou_threshold=[0.5, 0.75])
+    t_eval = time.time() - t1
+    n = eval_images or len(dataset.image_ids)
+    print("mAP@0.5 (compute_ap on masks, {} held-out images, all detections): "
+          "{:.3f}".format(n, m50))
+    print("mAP@0.75: {:.3f}".format(m75))
+    print("Inference: {:.3f} s per image (detect, end to end)".format(t_eval / n))
+
+
+def draw_detections(model, dataset, out):
+    """Draw the detections above ShapesInferenceConfig's 0.7 on the first image of
+    ``dataset`` into the PNG ``out``."""
+    from mrcnn import visualize
+    image = dataset.load_image(dataset.image_ids[0])
+    r = model.detect([image])[0]
+    keep = r["scores"] >= ShapesInferenceConfig.DETECTION_MIN_CONFIDENCE
+    r = dict(r, rois=r["rois"][keep], class_ids=r["class_ids"][keep],
+             scores=r["scores"][keep], masks=r["masks"][:, :, keep])
+    visualize.save_instances_png(out, image, r, dataset.class_names)
+    print("Detections drawn to {}".format(out))
+
+
+def main(argv=None):
+    """Run a command of the command line ``argv`` (default sys.argv[1:])."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "train" and not args.model:
+        parser.error("evaluate/detect need --model=last or a weights path")
+    from mrcnn import model as modellib
+
+    train_cfg, infer_cfg = run_configs(args.cascade, args.steps)
     dataset_train, dataset_val = make_datasets(train_cfg, args.train_images,
                                                args.val_images, args.seed)
-    epochs = args.epochs or 40
-    weights = None
     t0 = time.time()
+    weights = None
     if args.command == "train":
-        model = modellib.MaskRCNN("training", train_cfg, args.logs)
-        if args.model:
-            weights = model.find_last() if args.model == "last" else args.model
-            model.load_weights(weights, by_name=True)
-        callbacks = [TimeBudget(args.time_budget)] if args.time_budget else []
-        model.train(dataset_train, dataset_val, learning_rate=train_cfg.LEARNING_RATE,
-                    epochs=epochs, layers="all", custom_callbacks=callbacks)
-        weights = model.find_last()
-        print("Training took {:.1f} min; weights: {}".format((time.time() - t0) / 60,
-                                                             weights))
+        weights = train(args, train_cfg, dataset_train, dataset_val)
     infer = modellib.MaskRCNN("inference", infer_cfg, args.logs)
     if weights is None:
-        if not args.model:
-            parser.error("evaluate/detect need --model=last or a weights path")
-        weights = infer.find_last() if args.model == "last" else args.model
+        weights = sample_cli.resolve_weights(infer, args.model, keywords=MODEL_KEYWORDS)
     infer.load_weights(weights, by_name=True, verbose=0)
 
     if args.command in ("train", "evaluate"):
-        t1 = time.time()
-        m50, m75 = evaluate_map(infer, dataset_val, infer_cfg, limit=args.eval_images,
-                                iou_threshold=[0.5, 0.75])
-        t_eval = time.time() - t1
-        n = args.eval_images or len(dataset_val.image_ids)
-        print("mAP@0.5 (compute_ap on masks, {} held-out images, all detections): "
-              "{:.3f}".format(n, m50))
-        print("mAP@0.75: {:.3f}".format(m75))
-        print("Inference: {:.3f} s per image (detect, end to end)".format(t_eval / n))
-    image_id = dataset_val.image_ids[0]
-    image = dataset_val.load_image(image_id)
-    r = infer.detect([image])[0]
-    keep = r["scores"] >= draw_threshold
-    r = dict(r, rois=r["rois"][keep], class_ids=r["class_ids"][keep],
-             scores=r["scores"][keep], masks=r["masks"][:, :, keep])
-    out = args.out or os.path.join(os.path.dirname(weights), "shapes_detections.png")
-    visualize.save_instances_png(out, image, r, dataset_val.class_names)
-    print("Detections drawn to {}".format(out))
+        report_map(infer, dataset_val, infer_cfg, args.eval_images)
+    draw_detections(infer, dataset_val,
+                    args.out or os.path.join(os.path.dirname(weights), "shapes_detections.png"))
     print("Total time {:.1f} min".format((time.time() - t0) / 60))
 
 
