@@ -117,21 +117,11 @@ def augment_image_and_masks(image, masks, augmentation, mask_augmenters=None,
         det.seed_(int(seed), deterministic_too=True)
     image_aug = det.augment_images([image])[0]
 
-    n = masks.shape[2]
-    if n == 0:
+    if masks.shape[2] == 0:
         # Nothing to warp; keep the mask stack's size in step with the image.
         return image_aug, np.zeros(image_aug.shape[:2] + (0,), dtype=bool)
 
-    hooks = mask_hook(mask_augmenters)
-    encoded = masks.astype(np.uint8) * np.uint8(255)
-    chunks = []
-    for start in range(0, n, chunk_size):
-        chunk = encoded[:, :, start:start + chunk_size]
-        # A list of one image avoids imgaug's warning for >= 32 channels.
-        out = det.augment_images([chunk], hooks=hooks)[0]
-        if out.ndim == 2:  # some OpenCV paths drop a single channel axis
-            out = out[:, :, np.newaxis]
-        chunks.append(out >= 128)
+    chunks = _augment_mask_chunks(det, masks, chunk_size, mask_hook(mask_augmenters))
     shapes = {c.shape[:2] for c in chunks}
     if len(shapes) != 1 or image_aug.shape[:2] not in shapes:
         raise AugmentationError(
@@ -140,3 +130,18 @@ def augment_image_and_masks(image, masks, augmentation, mask_augmenters=None,
             "deterministic)".format(image_aug.shape[:2], sorted(shapes)))
     masks_aug = chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=2)
     return image_aug, masks_aug
+
+
+def _augment_mask_chunks(det, masks, chunk_size, hooks):
+    """Run the frozen augmenter ``det`` over masks [H, W, N] in chunks of at most
+    ``chunk_size`` channels (OpenCV's limit); returns a list of bool [H', W', n] arrays."""
+    encoded = masks.astype(np.uint8) * np.uint8(255)
+    chunks = []
+    for start in range(0, masks.shape[2], chunk_size):
+        chunk = encoded[:, :, start:start + chunk_size]
+        # A list of one image avoids imgaug's warning for >= 32 channels.
+        out = det.augment_images([chunk], hooks=hooks)[0]
+        if out.ndim == 2:  # some OpenCV paths drop a single channel axis
+            out = out[:, :, np.newaxis]
+        chunks.append(out >= 128)
+    return chunks

@@ -11,6 +11,8 @@ import numbers
 
 import numpy as np
 
+from mrcnn.preprocess import RESIZE_MODES, image_meta_size
+
 
 class ConfigError(ValueError):
     """Raised when a Config attribute has an invalid value. The message names it."""
@@ -95,7 +97,7 @@ class Config(object):
     USE_MINI_MASK = True
     MINI_MASK_SHAPE = (56, 56)
 
-    # "none", "square", "pad64" or "crop" (see utils.resize_image).
+    # "none", "square", "pad64" or "crop" (see mrcnn.preprocess.resize_image).
     IMAGE_RESIZE_MODE = "square"
     IMAGE_MIN_DIM = 800
     IMAGE_MAX_DIM = 1024
@@ -180,7 +182,7 @@ class Config(object):
     # Used by the samples' command lines when --model is not given.
     INIT_WEIGHTS = None
 
-    _RESIZE_MODES = ("none", "square", "pad64", "crop")
+    _RESIZE_MODES = RESIZE_MODES
     _BACKBONES = ("resnet50", "resnet101", "resnext101")
     _LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss",
                    "mrcnn_bbox_loss", "mrcnn_mask_loss")
@@ -215,9 +217,8 @@ class Config(object):
             self.IMAGE_SHAPE = np.array([self.IMAGE_MAX_DIM, self.IMAGE_MAX_DIM,
                                          self.IMAGE_CHANNEL_COUNT])
 
-        # image_id(1) + original_image_shape(3) + image_shape(3) + window(4) + scale(1)
-        # + active_class_ids(NUM_CLASSES)
-        self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+        # The length of the image meta vector (mrcnn.preprocess.IMAGE_META_FIELDS).
+        self.IMAGE_META_SIZE = image_meta_size(self.NUM_CLASSES)
 
         self.PRE_NMS_LIMIT_TRAINING = (self.PRE_NMS_LIMIT if self.PRE_NMS_LIMIT_TRAINING is None
                                        else self.PRE_NMS_LIMIT_TRAINING)
@@ -269,6 +270,20 @@ class Config(object):
 
     def validate(self):
         """Check every attribute; raise ConfigError naming the first bad one."""
+        # The order of the checks decides which attribute a config with several faults
+        # is reported for; keep it when adding rules.
+        self._validate_value_types()
+        self._validate_backbone_and_anchors()
+        self._validate_rpn_and_roi_limits()
+        self._validate_image_sizes()
+        self._validate_head_shapes()
+        self._validate_loss_weights()
+        self._validate_training()
+        self._validate_cascade()
+        self._validate_runtime()
+
+    def _validate_value_types(self):
+        """Number lists, optional positives and integer counts."""
         self._number_list("BACKBONE_STRIDES", length=5)
         self._number_list("RPN_ANCHOR_SCALES")
         self._number_list("RPN_ANCHOR_RATIOS")
@@ -292,6 +307,8 @@ class Config(object):
         for attr in ("VALIDATION_STEPS", "BOX_HEAD_NUM_CONVS", "IMAGE_MIN_DIM"):
             self._positive_int(attr, allow_zero=True)
 
+    def _validate_backbone_and_anchors(self):
+        """Backbone choice and frozen stages, pyramid strides, anchor scales and ratios."""
         if not (isinstance(self.BACKBONE, str) and self.BACKBONE in self._BACKBONES) \
                 and not callable(self.BACKBONE):
             self._fail("BACKBONE", "must be one of {} or a callable".format(self._BACKBONES))
@@ -309,6 +326,8 @@ class Config(object):
         if len(self.RPN_ANCHOR_RATIOS) < 1 or any(r <= 0 for r in self.RPN_ANCHOR_RATIOS):
             self._fail("RPN_ANCHOR_RATIOS", "must be a non-empty list of positive ratios")
 
+    def _validate_rpn_and_roi_limits(self):
+        """IoU / NMS / confidence fractions and the proposal counts that must nest."""
         self._fraction("RPN_POSITIVE_IOU", low_open=True)
         self._fraction("RPN_NEGATIVE_IOU")
         if self.RPN_NEGATIVE_IOU > self.RPN_POSITIVE_IOU:
@@ -330,6 +349,8 @@ class Config(object):
             self._fail("TRAIN_ROIS_PER_IMAGE", "must not exceed POST_NMS_ROIS_TRAINING "
                        "({})".format(self.POST_NMS_ROIS_TRAINING))
 
+    def _validate_image_sizes(self):
+        """Resize mode, the dimensions it needs, minimum scale and the mean pixel."""
         mode = self.IMAGE_RESIZE_MODE
         if mode not in self._RESIZE_MODES:
             self._fail("IMAGE_RESIZE_MODE", "must be one of {}".format(self._RESIZE_MODES))
@@ -348,6 +369,8 @@ class Config(object):
             self._fail("MEAN_PIXEL", "must have IMAGE_CHANNEL_COUNT ({}) values".format(
                 self.IMAGE_CHANNEL_COUNT))
 
+    def _validate_head_shapes(self):
+        """Box std-devs, mini-mask shape and the mask shape the mask head can produce."""
         for attr in ("RPN_BBOX_STD_DEV", "BBOX_STD_DEV"):
             v = getattr(self, attr)
             if v.shape != (4,) or np.any(v <= 0):
@@ -362,6 +385,8 @@ class Config(object):
             self._fail("MASK_SHAPE", "must be {} or {} (MASK_POOL_SIZE times 2 or 4)".format(
                 list(allowed[0]), list(allowed[1])))
 
+    def _validate_loss_weights(self):
+        """Known loss names only; fills in 1.0 for every loss not given."""
         unknown = set(self.LOSS_WEIGHTS) - set(self._LOSS_NAMES)
         if unknown:
             self._fail("LOSS_WEIGHTS", "unknown loss name(s) {}; allowed: {}".format(
@@ -374,6 +399,8 @@ class Config(object):
                 self._fail("LOSS_WEIGHTS", "weight of {} must be a finite number >= 0".format(
                     name))
 
+    def _validate_training(self):
+        """Optimizer, learning rate and its warm-up, weight decay, batch-norm momentum."""
         for attr in ("LEARNING_RATE", "LEARNING_MOMENTUM", "WEIGHT_DECAY"):
             v = getattr(self, attr)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or \
@@ -385,8 +412,8 @@ class Config(object):
         if str(self.OPTIMIZER).lower() not in ("sgd", "adam"):
             self._fail("OPTIMIZER", "must be 'sgd' or 'adam'")
 
-        self._validate_cascade()
-
+    def _validate_runtime(self):
+        """Switches of how the graph runs: Winograd 3x3 convolutions, mixed precision."""
         if self.CONV3X3_WINOGRAD not in (True, False, "auto"):
             self._fail("CONV3X3_WINOGRAD", "must be True, False or 'auto'")
 

@@ -69,13 +69,6 @@ def image_size(path):
             raise DatasetError("{}: cannot read the image: {}".format(path, e))
 
 
-def polygon_area(xs, ys):
-    """Area enclosed by a simple polygon (shoelace formula), vertices in order."""
-    x = np.asarray(xs, dtype=np.float64)
-    y = np.asarray(ys, dtype=np.float64)
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-
 def ann_to_rle(segmentation, height, width):
     """COCO segmentation (polygons, uncompressed or compressed RLE) -> one compressed RLE.
 
@@ -153,8 +146,25 @@ class _SkipBadMixin(object):
             "; ..." if len(new) > 3 else ""), DatasetWarning, stacklevel=3)
 
 
+def _load_json(path):
+    """The parsed JSON file at ``path``; DatasetError naming the file when it is not JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DatasetError("{}: not a valid JSON file: {}".format(path, e))
+
+
 def _empty_mask(height, width):
     return np.zeros((height, width, 0), dtype=bool), np.zeros((0,), dtype=np.int32)
+
+
+def _stack_instances(masks, class_ids, height, width):
+    """Lists of [H, W] masks and class ids -> (masks bool [H, W, N], class_ids int32 [N]),
+    the empty pair when no instance is left."""
+    if not masks:
+        return _empty_mask(height, width)
+    return np.stack(masks, axis=2), np.asarray(class_ids, dtype=np.int32)
 
 
 # ---------------------------------------------------------------------------- COCO JSON
@@ -190,17 +200,58 @@ class CocoJsonDataset(_SkipBadMixin, Dataset):
         Each image is added with ``id`` = its COCO image id, ``path``, ``width``,
         ``height``, ``annotations`` (its annotation dicts) and ``annotation_file``.
         """
+        fname = annotation_path
+        data = self._read_coco_file(annotation_path, image_dir)
+        n_skipped_before = len(self.skipped)
+        categories, wanted = self._coco_categories(data["categories"], fname, class_ids)
+        images = self._coco_images(data["images"], image_dir, fname, skip_bad)
+        anns_per_image = self._coco_annotations(data["annotations"], images, categories,
+                                                wanted, fname, skip_bad)
+
+        for cid in sorted(wanted):
+            self.add_class(source, cid, str(categories[cid]["name"]))
+        kept_ids = sorted(images) if include_empty else sorted(anns_per_image)
+        for img_id in kept_ids:
+            img = images[img_id]
+            self.add_image(source, image_id=img_id, path=img["path"], width=img["width"],
+                           height=img["height"], annotations=anns_per_image.get(img_id, []),
+                           annotation_file=annotation_path)
+        self._warn_skipped(fname, n_skipped_before)
+
+        if return_coco:
+            return self._coco_subset(data, images, categories, kept_ids, anns_per_image)
+        return None
+
+    @staticmethod
+    def _coco_subset(data, images, categories, kept_ids, anns_per_image):
+        """A pycocotools COCO object of the registered images and their kept annotations."""
+        from pycocotools.coco import COCO
+        coco = COCO()
+        coco.dataset = {
+            "info": data.get("info", {}), "licenses": data.get("licenses", []),
+            "images": [images[i]["entry"] for i in kept_ids],
+            "annotations": [a for i in kept_ids for a in anns_per_image.get(i, [])],
+            "categories": [categories[c] for c in sorted(categories)],
+        }
+        with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints
+            coco.createIndex()
+        return coco
+
+    # -- validation pieces
+
+    @staticmethod
+    def _read_coco_file(annotation_path, image_dir):
+        """The parsed JSON, after checking both paths and the three top-level lists.
+
+        These are structural errors, raised whatever skip_bad says.
+        """
         if not os.path.isfile(annotation_path):
             raise MissingFileError("COCO annotation file not found: {}".format(annotation_path))
         if not os.path.isdir(image_dir):
             raise MissingFileError("image folder not found: {} (images of {})".format(
                 image_dir, annotation_path))
         fname = annotation_path
-        try:
-            with open(annotation_path) as f:
-                data = json.load(f)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise DatasetError("{}: not a valid JSON file: {}".format(fname, e))
+        data = _load_json(annotation_path)
         if not isinstance(data, dict):
             raise DatasetError("{}: not a COCO annotation file: top level is a {}, expected "
                                "an object with images, annotations, categories".format(
@@ -213,11 +264,16 @@ class CocoJsonDataset(_SkipBadMixin, Dataset):
             if not isinstance(data[k], list):
                 raise DatasetError("{}: not a COCO annotation file: '{}' is a {}, expected "
                                    "a list".format(fname, k, type(data[k]).__name__))
-        n_skipped_before = len(self.skipped)
+        return data
 
-        # Categories: malformed ones are structural errors, always raised.
+    @staticmethod
+    def _coco_categories(entries, fname, class_ids):
+        """(dict category id -> category, set of the ids to load).
+
+        Malformed categories are structural errors, always raised.
+        """
         categories = {}
-        for i, cat in enumerate(data["categories"]):
+        for i, cat in enumerate(entries):
             if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
                 raise DatasetError("{}: categories[{}]: needs 'id' and 'name', got {!r}".format(
                     fname, i, cat))
@@ -230,15 +286,13 @@ class CocoJsonDataset(_SkipBadMixin, Dataset):
             if unknown:
                 raise DatasetError("{}: class_ids {} are not category ids of this file "
                                    "(known: {})".format(fname, unknown, sorted(categories)))
-            wanted = set(class_ids)
-        else:
-            wanted = set(categories)
+            return categories, set(class_ids)
+        return categories, set(categories)
 
-        images = self._coco_images(data["images"], image_dir, fname, skip_bad)
-
-        # Annotations, grouped per image, validated.
+    def _coco_annotations(self, entries, images, categories, wanted, fname, skip_bad):
+        """Validate ``annotations``: dict image id -> its annotations of wanted classes."""
         anns_per_image = {}
-        for i, ann in enumerate(data["annotations"]):
+        for i, ann in enumerate(entries):
             entry = self._ann_entry(i, ann)
             if not isinstance(ann, dict):
                 self._bad(skip_bad, fname, entry, "not an object")
@@ -263,32 +317,7 @@ class CocoJsonDataset(_SkipBadMixin, Dataset):
                 continue
             if cat_id in wanted:
                 anns_per_image.setdefault(img_id, []).append(ann)
-
-        for cid in sorted(wanted):
-            self.add_class(source, cid, str(categories[cid]["name"]))
-        kept_ids = sorted(images) if include_empty else sorted(anns_per_image)
-        for img_id in kept_ids:
-            img = images[img_id]
-            self.add_image(source, image_id=img_id, path=img["path"], width=img["width"],
-                           height=img["height"], annotations=anns_per_image.get(img_id, []),
-                           annotation_file=annotation_path)
-        self._warn_skipped(fname, n_skipped_before)
-
-        if return_coco:
-            from pycocotools.coco import COCO
-            coco = COCO()
-            coco.dataset = {
-                "info": data.get("info", {}), "licenses": data.get("licenses", []),
-                "images": [images[i]["entry"] for i in kept_ids],
-                "annotations": [a for i in kept_ids for a in anns_per_image.get(i, [])],
-                "categories": [categories[c] for c in sorted(categories)],
-            }
-            with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints
-                coco.createIndex()
-            return coco
-        return None
-
-    # -- validation pieces
+        return anns_per_image
 
     @staticmethod
     def _ann_entry(i, ann):
@@ -417,9 +446,7 @@ class CocoJsonDataset(_SkipBadMixin, Dataset):
                     m = np.ones((height, width), dtype=bool)
             masks.append(m.astype(bool))
             class_ids.append(class_id)
-        if not masks:
-            return _empty_mask(height, width)
-        return np.stack(masks, axis=2), np.asarray(class_ids, dtype=np.int32)
+        return _stack_instances(masks, class_ids, height, width)
 
     def image_reference(self, image_id):
         """'<annotation file>: image id <id>' for images of this loader."""
@@ -441,11 +468,7 @@ def read_via_json(json_path):
     """
     if not os.path.isfile(json_path):
         raise MissingFileError("VIA annotation file not found: {}".format(json_path))
-    try:
-        with open(json_path) as f:
-            data = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DatasetError("{}: not a valid JSON file: {}".format(json_path, e))
+    data = _load_json(json_path)
     if not isinstance(data, dict):
         raise DatasetError("{}: not a VIA annotation file: top level is a {}, expected an "
                            "object keyed by image".format(json_path, type(data).__name__))
@@ -569,68 +592,89 @@ class ViaDataset(_SkipBadMixin, Dataset):
         wanted = None if filenames is None else set(filenames)
         fixed_names = list(class_names) if class_names is not None else (
             [class_name] if class_attribute is None else None)
+        class_spec = (class_name, class_attribute, class_names)
 
         mentioned = set()
         registered = set()
-        parsed = []  # (filename, path, height, width, [(xs, ys, name, entry)])
+        parsed = []  # (filename, path, height, width, [(xs, ys, name)])
         for entry_info in entries:
             filename = entry_info["filename"]
             mentioned.add(filename)
             if wanted is not None and filename not in wanted:
                 continue
-            entry = "entry {!r}".format(entry_info["key"])
-            if "problem" in entry_info:
-                self._bad(skip_bad, json_path, entry, entry_info["problem"])
-                continue
-            if not entry_info["regions"]:
-                self.unannotated.append(filename)
-                continue
-            if filename in registered:
-                self._bad(skip_bad, json_path, entry,
-                          "second entry for image {!r}".format(filename))
-                continue
-            path = os.path.join(dataset_dir, filename)
-            if not os.path.isfile(path):
-                self._bad(skip_bad, json_path, entry, "image file not found: {}".format(path))
-                continue
-            try:
-                height, width = image_size(path)
-            except DatasetError as e:
-                self._bad(skip_bad, json_path, entry, str(e))
-                continue
-            regions = []
-            for r, region in enumerate(entry_info["regions"]):
-                rentry = "{} ({}) region {}".format(entry, filename, r)
-                if not isinstance(region, dict):
-                    self._bad(skip_bad, json_path, rentry, "region is not an object")
-                    continue
-                xs, ys, reason = _via_shape_to_polygon(region.get("shape_attributes"))
-                if reason and reason.startswith("drop:"):
-                    self._drop(json_path, rentry, reason[6:])
-                    continue
-                if reason:
-                    self._bad(skip_bad, json_path, rentry, reason)
-                    continue
-                name, reason = self._region_class(region, class_name, class_attribute,
-                                                  class_names)
-                if reason:
-                    self._bad(skip_bad, json_path, rentry, reason)
-                    continue
-                # Clip to the image (continuous coordinates: it spans [0, W] x [0, H]).
-                xs = np.clip(np.asarray(xs, dtype=np.float64), 0, width).tolist()
-                ys = np.clip(np.asarray(ys, dtype=np.float64), 0, height).tolist()
-                regions.append((xs, ys, name))
-            if not regions:
-                self.unannotated.append(filename)
-                continue
-            registered.add(filename)
-            parsed.append((filename, path, height, width, regions))
+            item = self._via_image(entry_info, dataset_dir, json_path, registered,
+                                   class_spec, skip_bad)
+            if item is not None:
+                registered.add(filename)
+                parsed.append(item)
 
         if wanted is None:  # images of the folder the JSON never mentions
             for f in sorted(os.listdir(dataset_dir)):
                 if f.lower().endswith(IMAGE_EXTENSIONS) and f not in mentioned:
                     self.unannotated.append(f)
+        self._register_via(parsed, fixed_names, source, json_path)
+        self._warn_skipped(json_path, n_skipped_before)
 
+    def _via_image(self, entry_info, dataset_dir, json_path, registered, class_spec,
+                   skip_bad):
+        """One VIA entry -> (filename, path, height, width, regions), or None when it is
+        bad (reported) or has no usable region (listed in ``self.unannotated``)."""
+        filename = entry_info["filename"]
+        entry = "entry {!r}".format(entry_info["key"])
+        if "problem" in entry_info:
+            self._bad(skip_bad, json_path, entry, entry_info["problem"])
+            return None
+        if not entry_info["regions"]:
+            self.unannotated.append(filename)
+            return None
+        if filename in registered:
+            self._bad(skip_bad, json_path, entry,
+                      "second entry for image {!r}".format(filename))
+            return None
+        path = os.path.join(dataset_dir, filename)
+        if not os.path.isfile(path):
+            self._bad(skip_bad, json_path, entry, "image file not found: {}".format(path))
+            return None
+        try:
+            height, width = image_size(path)
+        except DatasetError as e:
+            self._bad(skip_bad, json_path, entry, str(e))
+            return None
+        regions = self._via_regions(entry_info["regions"], "{} ({})".format(entry, filename),
+                                    json_path, height, width, class_spec, skip_bad)
+        if not regions:
+            self.unannotated.append(filename)
+            return None
+        return filename, path, height, width, regions
+
+    def _via_regions(self, regions, entry, json_path, height, width, class_spec, skip_bad):
+        """Usable regions of one image as [(xs, ys, class name)], clipped to the image;
+        the others are reported (or dropped, for shapes that are never polygons)."""
+        out = []
+        for r, region in enumerate(regions):
+            rentry = "{} region {}".format(entry, r)
+            if not isinstance(region, dict):
+                self._bad(skip_bad, json_path, rentry, "region is not an object")
+                continue
+            xs, ys, reason = _via_shape_to_polygon(region.get("shape_attributes"))
+            if reason and reason.startswith("drop:"):
+                self._drop(json_path, rentry, reason[6:])
+                continue
+            if reason:
+                self._bad(skip_bad, json_path, rentry, reason)
+                continue
+            name, reason = self._region_class(region, *class_spec)
+            if reason:
+                self._bad(skip_bad, json_path, rentry, reason)
+                continue
+            # Clip to the image (continuous coordinates: it spans [0, W] x [0, H]).
+            xs = np.clip(np.asarray(xs, dtype=np.float64), 0, width).tolist()
+            ys = np.clip(np.asarray(ys, dtype=np.float64), 0, height).tolist()
+            out.append((xs, ys, name))
+        return out
+
+    def _register_via(self, parsed, fixed_names, source, json_path):
+        """Add the classes (fixed_names, else the sorted names found) and the images."""
         names = fixed_names if fixed_names is not None else sorted(
             {n for p in parsed for _, _, n in p[4]})
         name_to_id = {n: i + 1 for i, n in enumerate(names)}
@@ -643,7 +687,6 @@ class ViaDataset(_SkipBadMixin, Dataset):
                           for xs, ys, _ in regions],
                 polygon_class_ids=[name_to_id[n] for _, _, n in regions],
                 annotation_file=json_path)
-        self._warn_skipped(json_path, n_skipped_before)
 
     @staticmethod
     def _region_class(region, class_name, class_attribute, class_names):
@@ -687,9 +730,7 @@ class ViaDataset(_SkipBadMixin, Dataset):
                 continue
             masks.append(m)
             class_ids.append(self.map_source_class_id("{}.{}".format(info["source"], src_id)))
-        if not masks:
-            return _empty_mask(height, width)
-        return np.stack(masks, axis=2), np.asarray(class_ids, dtype=np.int32)
+        return _stack_instances(masks, class_ids, height, width)
 
     def image_reference(self, image_id):
         """Path of the image file."""

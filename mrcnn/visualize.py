@@ -69,6 +69,20 @@ def _new_axes(ax, figsize):
     return fig, ax, True
 
 
+def _framed_canvas(ax, image, margin, title):
+    """Frame ``ax`` around the image (``margin`` pixels each side, no axis, ``title``) and
+    return a float32 RGB copy of the image for masks to be painted on."""
+    height, width = image.shape[:2]
+    ax.set_ylim(height + margin, -margin)
+    ax.set_xlim(-margin, width + margin)
+    ax.axis("off")
+    ax.set_title(title)
+    canvas = image.astype(np.float32).copy()
+    if canvas.ndim == 2:
+        canvas = np.repeat(canvas[:, :, None], 3, axis=2)
+    return canvas
+
+
 def _finish(fig, save_path, created):
     """Save (if asked), then show or close a figure this module created. Returns fig.
 
@@ -269,15 +283,7 @@ def display_instances(image, boxes, masks, class_ids, class_names, scores=None, 
     colors = colors if colors is not None else random_colors(n)
     fig, ax, created = _new_axes(ax, figsize)
 
-    height, width = image.shape[:2]
-    ax.set_ylim(height + 10, -10)
-    ax.set_xlim(-10, width + 10)
-    ax.axis("off")
-    ax.set_title(title)
-
-    canvas = image.astype(np.float32).copy()
-    if canvas.ndim == 2:
-        canvas = np.repeat(canvas[:, :, None], 3, axis=2)
+    canvas = _framed_canvas(ax, image, 10, title)
     for i in range(n):
         color = _rgb(colors[i])
         if not np.any(boxes[i]):
@@ -523,15 +529,9 @@ def plot_overlaps(gt_class_ids, pred_class_ids, pred_scores, overlaps, class_nam
     return _finish(fig, save_path, created)
 
 
-def draw_boxes(image, boxes=None, refined_boxes=None, masks=None, captions=None,
-               visibilities=None, title="", ax=None, figsize=(12, 12), save_path=None):
-    """Draw boxes, refined boxes (with a line from box to refined box), captions and masks.
-
-    boxes, refined_boxes: [N, 4] pixels (at least one given). masks: [H, W, N].
-    visibilities: [N] of 0 (grey, dotted), 1 (colour, dotted) or 2 (colour, solid;
-    default 1). Returns the Figure.
-    """
-    image = _as_image(image)
+def _check_draw_boxes_args(boxes, refined_boxes, masks, captions, visibilities):
+    """draw_boxes' inputs as arrays (boxes [N, 4] or None, refined_boxes likewise, masks
+    [H, W, N] or None), after checking that every per-box argument has N entries."""
     if boxes is None and refined_boxes is None:
         raise ValueError("draw_boxes: give boxes or refined_boxes")
     boxes = None if boxes is None else np.asarray(boxes).reshape(-1, 4)
@@ -547,16 +547,24 @@ def draw_boxes(image, boxes=None, refined_boxes=None, masks=None, captions=None,
         if masks.ndim != 3 or masks.shape[2] != n:
             raise ValueError("draw_boxes: masks must be [H, W, {}], got {}".format(
                 n, masks.shape))
+    return boxes, refined_boxes, masks
+
+
+def draw_boxes(image, boxes=None, refined_boxes=None, masks=None, captions=None,
+               visibilities=None, title="", ax=None, figsize=(12, 12), save_path=None):
+    """Draw boxes, refined boxes (with a line from box to refined box), captions and masks.
+
+    boxes, refined_boxes: [N, 4] pixels (at least one given). masks: [H, W, N].
+    visibilities: [N] of 0 (grey, dotted), 1 (colour, dotted) or 2 (colour, solid;
+    default 1). Returns the Figure.
+    """
+    image = _as_image(image)
+    boxes, refined_boxes, masks = _check_draw_boxes_args(boxes, refined_boxes, masks,
+                                                         captions, visibilities)
+    n = boxes.shape[0] if boxes is not None else refined_boxes.shape[0]
     fig, ax, created = _new_axes(ax, figsize)
     colors = random_colors(n)
-    margin = image.shape[0] // 10
-    ax.set_ylim(image.shape[0] + margin, -margin)
-    ax.set_xlim(-margin, image.shape[1] + margin)
-    ax.axis("off")
-    ax.set_title(title)
-    canvas = image.astype(np.float32).copy()
-    if canvas.ndim == 2:
-        canvas = np.repeat(canvas[:, :, None], 3, axis=2)
+    canvas = _framed_canvas(ax, image, image.shape[0] // 10, title)
     for i in range(n):
         visibility = visibilities[i] if visibilities is not None else 1
         if visibility == 0:

@@ -392,73 +392,102 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
     with _open_h5(filepath) as f:
         root = _weights_root(f, filepath)
         units = _file_units(root, filepath, set(by_name))
-
         # 1. Decide, per file layer, what happens; check every shape. Nothing assigned yet.
-        plan, in_file = [], set()
-        for unit in units:
-            if unit.layer in in_file:
-                continue    # the same layer twice (e.g. flat group and sub-model group)
-            in_file.add(unit.layer)
-            if unit.layer not in by_name:
-                report.skipped_not_in_model.append(unit.layer)
-                continue
-            if _excluded(unit.layer, patterns) or (
-                    unit.group != unit.layer and _excluded(unit.group, patterns)):
-                report.skipped_excluded.append(unit.layer)
-                continue
-            group = root[unit.group]
-            layer_pairs, mismatches, reason = [], [], None
-            for layer in by_name[unit.layer]:
-                pairs, reason = _match_weights(unit, layer)
-                if pairs is None:
-                    break
-                for wn, var in pairs:
-                    kind = group[wn].dtype.kind
-                    if kind not in "biuf":
-                        # Strings, opaque bytes, objects: never a weight, and assigning
-                        # them would fail half-way with numpy's message.
-                        raise WeightsFileError(
-                            "{}: weight '{}' of layer '{}' is not numeric (HDF5 dtype {}); "
-                            "nothing was loaded".format(filepath, wn, unit.layer,
-                                                        group[wn].dtype))
-                    fshape, mshape = tuple(group[wn].shape), tuple(var.shape)
-                    if fshape != mshape:
-                        mismatches.append((unit.layer, wn, fshape, mshape))
-                layer_pairs.extend(pairs)
-            if reason is not None:
-                report.skipped_incompatible.append((unit.layer, reason))
-            elif mismatches:
-                report.skipped_shape_mismatch.extend(mismatches)
-            else:
-                plan.append((unit, layer_pairs))
-
+        plan, in_file = _plan_load(root, units, by_name, patterns, report, filepath)
         # 2. Read every value (a failing read aborts before any assignment).
-        values = []
-        for unit, pairs in plan:
-            group = root[unit.group]
-            try:
-                values.append([(var, group[wn][()]) for wn, var in pairs])
-            except Exception as err:
-                raise WeightsFileError("{}: cannot read weights of layer '{}': {}".format(
-                    filepath, unit.layer, err)) from err
+        values = _read_planned_values(root, plan, filepath)
 
     report.model_layers_not_in_file = sorted(set(by_name) - in_file)
     if not plan:
-        why = "no layer of {} matches the model: is it for another backbone/model?".format(
-            filepath)
-        if report.skipped_excluded or report.skipped_shape_mismatch or \
-                report.skipped_incompatible:
-            why = ("no layer of {} could be loaded into the model (every matching layer was "
-                   "excluded or has other shapes): is it for another backbone/model?".format(
-                       filepath))
-        raise WeightsFileError(why + "\n" + report.summary(), report=report)
+        raise _nothing_loaded_error(report, filepath)
 
     # 3. Assign.
     for (unit, _), layer_values in zip(plan, values):
         for var, value in layer_values:
             var.assign(value)
         report.loaded.append(unit.layer)
+    _announce_load(report, verbose, filepath)
+    return report
 
+
+def _plan_load(root, units, by_name, patterns, report, filepath):
+    """Which file layers to load: (plan [(unit, [(weight_name, variable)])], names of
+    the file's layers). Layers skipped are recorded in ``report``; nothing is assigned."""
+    plan, in_file = [], set()
+    for unit in units:
+        if unit.layer in in_file:
+            continue    # the same layer twice (e.g. flat group and sub-model group)
+        in_file.add(unit.layer)
+        if unit.layer not in by_name:
+            report.skipped_not_in_model.append(unit.layer)
+            continue
+        if _excluded(unit.layer, patterns) or (
+                unit.group != unit.layer and _excluded(unit.group, patterns)):
+            report.skipped_excluded.append(unit.layer)
+            continue
+        layer_pairs, mismatches, reason = _check_unit_weights(
+            root[unit.group], unit, by_name[unit.layer], filepath)
+        if reason is not None:
+            report.skipped_incompatible.append((unit.layer, reason))
+        elif mismatches:
+            report.skipped_shape_mismatch.extend(mismatches)
+        else:
+            plan.append((unit, layer_pairs))
+    return plan, in_file
+
+
+def _check_unit_weights(group, unit, layers, filepath):
+    """Pair one file layer's weights with every model layer of that name, checking types
+    and shapes. Returns (pairs, shape mismatches, reason): reason is not None when the
+    weight counts differ. Raises WeightsFileError for a non-numeric weight."""
+    layer_pairs, mismatches, reason = [], [], None
+    for layer in layers:
+        pairs, reason = _match_weights(unit, layer)
+        if pairs is None:
+            break
+        for wn, var in pairs:
+            kind = group[wn].dtype.kind
+            if kind not in "biuf":
+                # Strings, opaque bytes, objects: never a weight, and assigning
+                # them would fail half-way with numpy's message.
+                raise WeightsFileError(
+                    "{}: weight '{}' of layer '{}' is not numeric (HDF5 dtype {}); "
+                    "nothing was loaded".format(filepath, wn, unit.layer,
+                                                group[wn].dtype))
+            fshape, mshape = tuple(group[wn].shape), tuple(var.shape)
+            if fshape != mshape:
+                mismatches.append((unit.layer, wn, fshape, mshape))
+        layer_pairs.extend(pairs)
+    return layer_pairs, mismatches, reason
+
+
+def _read_planned_values(root, plan, filepath):
+    """Every planned value as [[(variable, array)] per layer], read before any assignment."""
+    values = []
+    for unit, pairs in plan:
+        group = root[unit.group]
+        try:
+            values.append([(var, group[wn][()]) for wn, var in pairs])
+        except Exception as err:
+            raise WeightsFileError("{}: cannot read weights of layer '{}': {}".format(
+                filepath, unit.layer, err)) from err
+    return values
+
+
+def _nothing_loaded_error(report, filepath):
+    """The WeightsFileError for a file of which no layer could be loaded."""
+    why = "no layer of {} matches the model: is it for another backbone/model?".format(
+        filepath)
+    if report.skipped_excluded or report.skipped_shape_mismatch or \
+            report.skipped_incompatible:
+        why = ("no layer of {} could be loaded into the model (every matching layer was "
+               "excluded or has other shapes): is it for another backbone/model?".format(
+                   filepath))
+    return WeightsFileError(why + "\n" + report.summary(), report=report)
+
+
+def _announce_load(report, verbose, filepath):
+    """Print the report as ``verbose`` asks; when quiet, still warn of shape mismatches."""
     if verbose:
         print(report.summary())
         if verbose > 1:
@@ -470,7 +499,6 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
         mismatched = sorted({m[0] for m in report.skipped_shape_mismatch})
         logger.warning("%s: %d layer(s) not loaded, shapes differ from the model: %s",
                        filepath, len(mismatched), ", ".join(mismatched))
-    return report
 
 
 # ---------------------------------------------------------------------------- writing
@@ -659,6 +687,33 @@ def convert_keras_applications_resnet(source, dst_path, dst_bn_epsilon=MATTERPOR
     Both use biased convolutions (use_bias=True), so kernels and biases copy one to one.
     The classifier ("predictions") is dropped. Returns {source_name: matterport_name}.
     """
+    src_groups, src_desc = _resnet_source_groups(source)
+    mapping, groups = {}, {}
+    for name, weights in src_groups.items():
+        try:
+            dst = keras_applications_resnet_to_matterport_name(name)
+        except ValueError as err:
+            raise ValueError("{}: {}".format(src_desc, err)) from None
+        if dst is None:
+            continue
+        weights = dict(weights)
+        if dst.startswith("bn"):
+            out = _converted_batch_norm(weights, name, src_desc, dst_bn_epsilon,
+                                        src_bn_epsilon)
+        else:
+            if set(weights) != {"kernel", "bias"}:
+                raise ValueError("{}: conv {!r} has weights {}, expected kernel and bias".format(
+                    src_desc, name, sorted(weights)))
+            out = [("kernel", weights["kernel"]), ("bias", weights["bias"])]
+        mapping[name] = dst
+        groups[dst] = [("{}/{}:0".format(dst, wn), value) for wn, value in out]
+    _write_groups_atomic(dst_path, groups)
+    return mapping
+
+
+def _resnet_source_groups(source):
+    """({layer: [(variable name, array)]}, description for messages) of a
+    keras.applications ResNet given as a model or a weight file path."""
     if isinstance(source, (str, os.PathLike)):
         src_groups = read_weight_groups(source)
         src_desc = os.fspath(source)
@@ -670,39 +725,25 @@ def convert_keras_applications_resnet(source, dst_path, dst_bn_epsilon=MATTERPOR
     if "conv1_conv" not in src_groups:
         raise ValueError("{}: no 'conv1_conv' layer; not a keras.applications ResNet weight "
                          "set".format(src_desc))
+    return src_groups, src_desc
 
-    mapping, groups = {}, {}
-    for name, weights in src_groups.items():
-        try:
-            dst = keras_applications_resnet_to_matterport_name(name)
-        except ValueError as err:
-            raise ValueError("{}: {}".format(src_desc, err)) from None
-        if dst is None:
-            continue
-        weights = dict(weights)
-        if dst.startswith("bn"):
-            missing = {"gamma", "beta", "moving_mean", "moving_variance"} - set(weights)
-            if missing:
-                raise ValueError("{}: batch norm {!r} lacks {}".format(src_desc, name,
-                                                                       sorted(missing)))
-            gamma = weights["gamma"].astype(np.float64)
-            var = weights["moving_variance"].astype(np.float64)
-            if dst_bn_epsilon is not None:
-                gamma = gamma * np.sqrt(var + dst_bn_epsilon) / np.sqrt(var + src_bn_epsilon)
-            # Keras-2 batch-norm order.
-            out = [("gamma", gamma.astype(weights["gamma"].dtype)),
-                   ("beta", weights["beta"]),
-                   ("moving_mean", weights["moving_mean"]),
-                   ("moving_variance", weights["moving_variance"])]
-        else:
-            if set(weights) != {"kernel", "bias"}:
-                raise ValueError("{}: conv {!r} has weights {}, expected kernel and bias".format(
-                    src_desc, name, sorted(weights)))
-            out = [("kernel", weights["kernel"]), ("bias", weights["bias"])]
-        mapping[name] = dst
-        groups[dst] = [("{}/{}:0".format(dst, wn), value) for wn, value in out]
-    _write_groups_atomic(dst_path, groups)
-    return mapping
+
+def _converted_batch_norm(weights, name, src_desc, dst_bn_epsilon, src_bn_epsilon):
+    """One batch norm's {variable: array} -> Keras-2 ordered [(name, array)], gamma
+    rescaled for the destination epsilon (see convert_keras_applications_resnet)."""
+    missing = {"gamma", "beta", "moving_mean", "moving_variance"} - set(weights)
+    if missing:
+        raise ValueError("{}: batch norm {!r} lacks {}".format(src_desc, name,
+                                                               sorted(missing)))
+    gamma = weights["gamma"].astype(np.float64)
+    var = weights["moving_variance"].astype(np.float64)
+    if dst_bn_epsilon is not None:
+        gamma = gamma * np.sqrt(var + dst_bn_epsilon) / np.sqrt(var + src_bn_epsilon)
+    # Keras-2 batch-norm order.
+    return [("gamma", gamma.astype(weights["gamma"].dtype)),
+            ("beta", weights["beta"]),
+            ("moving_mean", weights["moving_mean"]),
+            ("moving_variance", weights["moving_variance"])]
 
 
 def imagenet_weights_path(backbone="resnet50"):
