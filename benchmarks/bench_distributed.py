@@ -107,7 +107,7 @@ def make_batch(config, images=2, seed=0):
     """
     import numpy as np
     from mrcnn import data, utils
-    from mrcnn.imagemeta import compose_image_meta, mold_image
+    from mrcnn.preprocess import compose_image_meta, mold_image
 
     rng = np.random.default_rng(seed)
     h = w = int(config.IMAGE_SHAPE[0])
@@ -279,16 +279,16 @@ def multiworker_worker(workdir, backbone, seed):
     """One worker of the two-process run: TF_CONFIG is set by the parent, so MaskRCNN's
     default strategy is MultiWorkerMirroredStrategy. The chief saves its weights."""
     import numpy as np
-    from mrcnn.model import _default_strategy, _is_chief
+    from mrcnn.distribute import default_strategy, is_chief
 
     config = make_config(backbone=backbone)
-    strategy = _default_strategy(config)
+    strategy = default_strategy(config)
     batch, _ = make_batch(config, images=2 * config.IMAGES_PER_GPU, seed=seed)
     with np.load(os.path.join(workdir, "initial.npz")) as f:
         initial = [f["w{}".format(i)] for i in range(len(f.files))]
     losses, _, after = one_step(strategy, config, batch, initial_weights=initial,
                                 per_worker=True)
-    if _is_chief(strategy):
+    if is_chief(strategy):
         np.savez(os.path.join(workdir, "chief.npz"), *after)
         with open(os.path.join(workdir, "chief.json"), "w") as f:
             json.dump({"losses": losses, "strategy": type(strategy).__name__,

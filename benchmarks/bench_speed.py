@@ -485,7 +485,7 @@ def task_profile(case):
     round-robin), detect()'s Python post-processing, and graph-level levers."""
     import keras
     import tensorflow as tf
-    from mrcnn.inference import unmold_detections
+    from mrcnn.preprocess import unmold_detections
     from mrcnn.model import MaskRCNN
     config = make_config(**case["config"])
     if config.CASCADE:
@@ -506,7 +506,8 @@ def task_profile(case):
     lib = model._inference_fn()
     fns["library_graph"] = lambda: _numpy_all(lib(*x))
     # Lever: the same graph traced for the concrete input shape (static H, W).
-    static_fn = tf.function(lambda a, b: km([a, b], training=False)[0::3])
+    static_fn = tf.function(lambda a, b: [km([a, b], training=False)[k]
+                                          for k in ("detections", "mrcnn_mask")])
     fns["static_shape_graph"] = lambda: _numpy_all(static_fn(*x))
     # Lever: XLA on the backbone+FPN sub-call (image in, P2..P6 out).
     bb = keras.Model(km.inputs[0], [km.get_layer(n).output for n in PROFILE_STAGES[0][1]])

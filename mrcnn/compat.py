@@ -15,7 +15,7 @@ from mrcnn.boxes import (apply_box_deltas_graph, clip_boxes_graph, denorm_boxes_
                          log2_graph, norm_boxes_graph, overlaps_graph)
 from mrcnn.data import (build_detection_targets, data_generator, generate_random_rois,
                         load_image_gt)
-from mrcnn.imagemeta import compose_image_meta, mold_image, parse_image_meta, unmold_image
+from mrcnn.preprocess import compose_image_meta, mold_image, parse_image_meta, unmold_image
 from mrcnn.losses import smooth_l1 as smooth_l1_loss
 from mrcnn.roi_heads import (DetectionLayer, DetectionTargetLayer, PyramidROIAlign,
                              box_head_graph, mask_head_graph, mrcnn_bbox_loss_graph,

@@ -26,7 +26,7 @@ import numpy as np
 from mrcnn import utils
 from mrcnn.rpn import _choice, build_rpn_targets, get_anchors
 from mrcnn.augment import AugmentationError, augment_image_and_masks
-from mrcnn.imagemeta import compose_image_meta, mold_image
+from mrcnn.preprocess import compose_image_meta, mold_image
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ proposals (mrcnn.rpn) -> ROI heads (mrcnn.roi_heads: box stages, detections and 
 training their targets and losses) -> outputs. Layer names are Matterport's, so its .h5
 files load by name.
 
-Outputs are named (``output_names(mode, config)``): training gives the losses of
-``loss_output_names`` then TRAINING_EXTRA_OUTPUTS; inference gives INFERENCE_OUTPUTS.
+The model returns a dict of named outputs (``output_names(mode, config)``): in training
+the losses of ``loss_output_names`` and TRAINING_EXTRA_OUTPUTS; in inference
+INFERENCE_OUTPUTS. ``keras_model.output[name]`` is the symbolic tensor of one of them.
 """
 
 import keras
@@ -26,7 +27,7 @@ INFERENCE_OUTPUTS = ("detections", "mrcnn_class", "mrcnn_bbox", "mrcnn_mask", "r
 
 
 def output_names(mode, config):
-    """Names of the graph's outputs for ``mode``, in output order."""
+    """Names of the graph's outputs for ``mode`` (losses first in training)."""
     if mode == "training":
         return loss_output_names(config) + list(TRAINING_EXTRA_OUTPUTS)
     return list(INFERENCE_OUTPUTS)
@@ -52,8 +53,9 @@ def build_graph(mode, config):
     else:
         outputs.update(roi_heads.inference_heads(config, outputs["rpn_rois"], image_meta,
                                                  [P2, P3, P4, P5]))
+    # Outputs by name: callers index the result by name, never by position.
     model = keras.Model(list(inputs.values()),
-                        [outputs[name] for name in output_names(mode, config)],
+                        {name: outputs[name] for name in output_names(mode, config)},
                         name="mask_rcnn")
     set_bn_momentum(model, config.BN_MOMENTUM)
     return model

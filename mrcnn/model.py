@@ -24,8 +24,10 @@ import tensorflow as tf
 from mrcnn import utils  # noqa: F401  (also modellib.utils, as Matterport)
 from mrcnn.config import Config
 from mrcnn.graph import build_graph, output_names
-from mrcnn.imagemeta import parse_image_meta_graph  # noqa: F401
-from mrcnn.inference import check_images, mold_inputs, unmold_detections
+from mrcnn.distribute import (default_strategy, is_chief, num_workers, per_worker_dataset,
+                              set_precision_policy)
+from mrcnn.preprocess import (check_images, mold_inputs, parse_image_meta,  # noqa: F401
+                              parse_image_meta_graph, unmold_detections)
 from mrcnn.roi_heads import loss_output_names
 from mrcnn.rpn import numpy_anchors
 from mrcnn.training import (CheckpointCallback, LearningRateWarmup, NonFiniteLossError,
@@ -56,8 +58,8 @@ class MaskRCNN(object):
         self.config = config
         self.model_dir = model_dir
         self.epoch = 0
-        self.strategy = strategy or _default_strategy(config, mode)
-        _set_precision_policy(config)
+        self.strategy = strategy or default_strategy(config, mode)
+        set_precision_policy(config)
         self.set_log_dir()
         with self.strategy.scope():
             self.keras_model = self.build(mode=mode, config=config)
@@ -71,7 +73,7 @@ class MaskRCNN(object):
 
     @property
     def output_names(self):
-        """Names of keras_model's outputs in order."""
+        """Names of keras_model's outputs (it returns a dict of them)."""
         return output_names(self.mode, self.config)
 
     def get_anchors(self, image_shape):
@@ -188,44 +190,17 @@ class MaskRCNN(object):
             return None
 
         layer_regex = resolve_layers(layers)
-        # Global batch: IMAGES_PER_GPU on every replica (GPU_COUNT only picks the default
-        # strategy; an explicit or multi-worker strategy sets the replica count).
         strategy = self.strategy
-        global_batch = self.config.IMAGES_PER_GPU * strategy.num_replicas_in_sync
-        train_kw = dict(shuffle=True, augmentation=augmentation,
-                        no_augmentation_sources=no_augmentation_sources, on_error=on_error)
-        val_kw = dict(shuffle=True, on_error=on_error)
-        if _num_workers(strategy) > 1:
-            # One input pipeline per worker, each shuffling independently and yielding
-            # per-replica batches: no worker loads images that another one uses.
-            train_ds = _per_worker_dataset(strategy, data, train_dataset, self.config,
-                                           global_batch, train_kw)
-            val_ds = _per_worker_dataset(strategy, data, val_dataset, self.config,
-                                         global_batch, val_kw)
-        else:
-            train_ds = data.build_dataset(train_dataset, self.config,
-                                          batch_size=global_batch, **train_kw)
-            val_ds = data.build_dataset(val_dataset, self.config, batch_size=global_batch,
-                                        **val_kw)
-        chief = _is_chief(strategy)
-        if chief and not os.path.exists(self.log_dir):
+        train_ds, val_ds = self._input_pipelines(
+            data, (train_dataset, dict(shuffle=True, augmentation=augmentation,
+                                       no_augmentation_sources=no_augmentation_sources,
+                                       on_error=on_error)),
+            (val_dataset, dict(shuffle=True, on_error=on_error)))
+        if is_chief(strategy) and not os.path.exists(self.log_dir):
             os.makedirs(self.log_dir)
-
         guard = NonFiniteLossGuard(loss_output_names(self.config))
-        callbacks = [guard]
-        if chief:
-            # Other workers hold the same (mirrored) weights: only the chief writes.
-            callbacks += [
-                keras.callbacks.TensorBoard(log_dir=self.log_dir, histogram_freq=0,
-                                            write_graph=False),
-                CheckpointCallback(self.keras_model, self.checkpoint_path, verbose=verbose),
-            ]
-        callbacks += data.skip_report_callbacks(train_ds, val_ds)
-        if self.config.LEARNING_RATE_WARMUP_STEPS:
-            callbacks.append(LearningRateWarmup(self.config.LEARNING_RATE_WARMUP_STEPS,
-                                                learning_rate,
-                                                self.config.LEARNING_RATE_WARMUP_FACTOR))
-        callbacks += list(custom_callbacks or [])
+        callbacks = [guard] + self._train_callbacks(data, (train_ds, val_ds), learning_rate,
+                                                    verbose) + list(custom_callbacks or [])
 
         if verbose:
             print("\nStarting at epoch {}. LR={}\n".format(self.epoch, learning_rate))
@@ -233,7 +208,7 @@ class MaskRCNN(object):
         self.set_trainable(layer_regex, verbose=verbose - 1)
         trainer = self.compile(learning_rate)
         pipelines = (train_ds, val_ds)
-        if strategy.num_replicas_in_sync > 1 and _num_workers(strategy) == 1:
+        if strategy.num_replicas_in_sync > 1 and num_workers(strategy) == 1:
             # Each global batch is split into IMAGES_PER_GPU images per replica.
             train_ds = strategy.experimental_distribute_dataset(train_ds)
             val_ds = strategy.experimental_distribute_dataset(val_ds)
@@ -251,6 +226,37 @@ class MaskRCNN(object):
         done = history.epoch[-1] + 1 if history is not None and history.epoch else epochs
         self.epoch = max(self.epoch, done)
         return history
+
+    def _input_pipelines(self, data, *datasets):
+        """The tf.data pipelines of (dataset, build_dataset kwargs) pairs, batched for
+        self.strategy: IMAGES_PER_GPU images on every replica (GPU_COUNT only picks the
+        default strategy; an explicit or multi-worker strategy sets the replica count)."""
+        strategy = self.strategy
+        global_batch = self.config.IMAGES_PER_GPU * strategy.num_replicas_in_sync
+        if num_workers(strategy) > 1:
+            # One input pipeline per worker, each shuffling independently and yielding
+            # per-replica batches: no worker loads images that another one uses.
+            return [per_worker_dataset(strategy, data, dataset, self.config, global_batch,
+                                       kwargs) for dataset, kwargs in datasets]
+        return [data.build_dataset(dataset, self.config, batch_size=global_batch, **kwargs)
+                for dataset, kwargs in datasets]
+
+    def _train_callbacks(self, data, pipelines, learning_rate, verbose):
+        """TensorBoard and checkpoints (chief only), skip reports, LR warm-up."""
+        callbacks = []
+        if is_chief(self.strategy):
+            # Other workers hold the same (mirrored) weights: only the chief writes.
+            callbacks += [
+                keras.callbacks.TensorBoard(log_dir=self.log_dir, histogram_freq=0,
+                                            write_graph=False),
+                CheckpointCallback(self.keras_model, self.checkpoint_path, verbose=verbose),
+            ]
+        callbacks += data.skip_report_callbacks(*pipelines)
+        if self.config.LEARNING_RATE_WARMUP_STEPS:
+            callbacks.append(LearningRateWarmup(self.config.LEARNING_RATE_WARMUP_STEPS,
+                                                learning_rate,
+                                                self.config.LEARNING_RATE_WARMUP_FACTOR))
+        return callbacks
 
     def _fit(self, trainer, train_ds, val_ds, epochs, callbacks, verbose):
         return trainer.fit(
@@ -271,7 +277,7 @@ class MaskRCNN(object):
                 tf.TensorSpec([None, c.IMAGE_META_SIZE], tf.float32)])
             def detect_fn(images, metas):
                 outputs = model([images, metas], training=False)
-                return outputs[0], outputs[3]
+                return outputs["detections"], outputs["mrcnn_mask"]
 
             self._detect_fn = detect_fn
         return self._detect_fn
@@ -282,7 +288,7 @@ class MaskRCNN(object):
 
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
                           window):
-        """Matterport's unmold_detections (see mrcnn.inference.unmold_detections)."""
+        """Matterport's unmold_detections (see mrcnn.preprocess.unmold_detections)."""
         return unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape,
                                  window)
 
@@ -290,9 +296,12 @@ class MaskRCNN(object):
         """Detect instances in any number of images.
 
         images: list of images [H, W, 3] (uint8; grayscale, RGBA, uint16 and float are
-        converted, see mrcnn.inference.check_images). Returns one dict per image: rois
+        converted, see mrcnn.preprocess.check_images). Returns one dict per image: rois
         [N, 4] (y1, x1, y2, x2 pixels of the original image), class_ids [N], scores [N],
         masks [H, W, N] bool.
+
+        The one detection path: mold_inputs -> detect_molded(to_original=True), which runs
+        the network and unmolds into each image's own pixels.
         """
         if self.mode != "inference":
             raise RuntimeError("Create the model in inference mode to detect")
@@ -302,44 +311,44 @@ class MaskRCNN(object):
         results = []
         bs = self.config.BATCH_SIZE
         for start in range(0, len(images), bs):
-            chunk = images[start:start + bs]
-            molded, metas, windows = mold_inputs(chunk, self.config)
-            results += self._detect_molded_batch(chunk, molded, metas, windows)
+            molded, metas, _ = mold_inputs(images[start:start + bs], self.config)
+            results += self.detect_molded(molded, metas, to_original=True)
         return results
 
-    def _detect_molded_batch(self, originals, molded, metas, windows):
-        detections, masks = self._inference_fn()(tf.constant(molded), tf.constant(metas))
-        detections, masks = detections.numpy(), masks.numpy()
-        results = []
-        for i, image in enumerate(originals):
-            rois, class_ids, scores, full_masks = unmold_detections(
-                detections[i], masks[i], image.shape, molded[i].shape, windows[i])
-            results.append({"rois": rois, "class_ids": class_ids, "scores": scores,
-                            "masks": full_masks})
-        return results
+    def detect_molded(self, molded_images, image_metas, verbose=0, to_original=False):
+        """Detect on images already molded (Matterport's detect_molded; e.g. images from
+        load_image_gt + mold_image, or mold_inputs' output).
 
-    def detect_molded(self, molded_images, image_metas, verbose=0):
-        """Detect on images already molded (e.g. from load_image_gt + mold_image).
-
-        molded_images: [N, h, w, C] float32, image_metas [N, META]. Returns dicts whose
-        boxes/masks are in the coordinates of the images given by the metas.
+        molded_images: [N, h, w, C] float32, image_metas [N, META].
+        to_original: False (Matterport): boxes and masks in the coordinates of the molded
+        images, and each dict also holds the meta's "window". True: unmolded into each
+        meta's original image (its original_image_shape and window), as detect() returns.
+        Returns one dict per image: rois, class_ids, scores, masks (as detect()).
         """
         if self.mode != "inference":
             raise RuntimeError("Create the model in inference mode to detect")
         molded_images = np.asarray(molded_images, np.float32)
         image_metas = np.asarray(image_metas, np.float32)
+        if verbose:
+            print("Processing {} molded images".format(len(molded_images)))
         meta = parse_image_meta(image_metas)
         detections, masks = self._inference_fn()(tf.constant(molded_images),
                                                  tf.constant(image_metas))
         detections, masks = detections.numpy(), masks.numpy()
+        frame = molded_images.shape[1:]
         results = []
         for i in range(len(molded_images)):
-            window = [0, 0, molded_images.shape[1], molded_images.shape[2]]
+            if to_original:
+                original, window = meta["original_image_shape"][i], meta["window"][i]
+            else:
+                original, window = frame, [0, 0, frame[0], frame[1]]
             rois, class_ids, scores, full_masks = unmold_detections(
-                detections[i], masks[i], molded_images[i].shape, molded_images[i].shape,
-                window)
-            results.append({"rois": rois, "class_ids": class_ids, "scores": scores,
-                            "masks": full_masks, "window": meta["window"][i]})
+                detections[i], masks[i], original, frame, window)
+            result = {"rois": rois, "class_ids": class_ids, "scores": scores,
+                      "masks": full_masks}
+            if not to_original:
+                result["window"] = meta["window"][i]
+            results.append(result)
         return results
 
     # ------------------------------------------------------------------ inspection
@@ -376,7 +385,9 @@ class MaskRCNN(object):
         return None
 
     def find_trainable_layer(self, layer):
-        """Return the layer itself (Keras 3 has no TimeDistributed wrappers here)."""
+        """Matterport compatibility: Matterport unwrapped TimeDistributed layers here to
+        reach the layer that holds the weights. This graph has no such wrappers, so the
+        layer itself is returned; kept for scripts that call it."""
         return layer
 
     def get_trainable_layers(self):
@@ -445,108 +456,6 @@ class MaskRCNN(object):
         per box; "full": bool [B, D, H, W]). Refuses an existing path. Returns path."""
         from mrcnn.export import export_saved_model
         return export_saved_model(self, path, masks=masks)
-
-
-def _tf_config_tasks():
-    """Number of chief + worker tasks in the TF_CONFIG environment variable (0 if unset)."""
-    import json
-    raw = os.environ.get("TF_CONFIG", "").strip()
-    if not raw:
-        return 0
-    try:
-        cluster = json.loads(raw).get("cluster", {})
-    except (ValueError, AttributeError) as err:
-        raise ValueError("TF_CONFIG is not a JSON object with a 'cluster': {}".format(err))
-    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
-
-
-def _num_workers(strategy):
-    """Worker processes taking part in ``strategy`` (1 for single-process strategies)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return 1
-    spec = resolver.cluster_spec().as_dict()
-    return max(1, sum(len(spec.get(kind, [])) for kind in ("chief", "worker")))
-
-
-def _is_chief(strategy):
-    """True in the process that writes logs and checkpoints: the 'chief' task, or worker
-    0 when the cluster has no chief, or any single-process run."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or _num_workers(strategy) == 1:
-        return True
-    spec = resolver.cluster_spec().as_dict()
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if "chief" in spec:
-        return task_type == "chief"
-    return task_type == "worker" and int(task_id or 0) == 0
-
-
-def _barrier(strategy):
-    """Block until every replica of ``strategy`` gets here (one scalar all-reduce)."""
-    ones = strategy.run(tf.function(lambda: tf.constant(1.0)))
-    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None))
-
-
-def _per_worker_dataset(strategy, data, dataset, config, global_batch, kwargs):
-    """strategy.distribute_datasets_from_function over data.build_dataset pipelines with
-    per-replica batches; the returned object carries a ``skip_counter`` like
-    build_dataset's result (one counter for this worker's pipeline)."""
-    counter = data.SkipCounter()
-
-    def fn(context):
-        return data.build_dataset(
-            dataset, config, batch_size=context.get_per_replica_batch_size(global_batch),
-            skip_counter=counter, **kwargs)
-
-    distributed = strategy.distribute_datasets_from_function(fn)
-    try:
-        distributed.skip_counter = counter
-    except AttributeError:
-        pass
-    return distributed
-
-
-_MULTI_WORKER_STRATEGY = []
-
-
-def _default_strategy(config, mode="training"):
-    """The strategy used when MaskRCNN gets none.
-
-    Training: TF_CONFIG naming a cluster of several tasks -> MultiWorkerMirroredStrategy
-    (all local GPUs, or the CPU, of each worker; one instance per process, reused);
-    GPU_COUNT > 1 -> MirroredStrategy over the first GPU_COUNT GPUs; else the default
-    (no-op) strategy. Inference: the default strategy (detect() runs on one device; a
-    worker that evaluates after multi-worker training must not join a new collective).
-    """
-    if mode != "training":
-        return tf.distribute.get_strategy()
-    if _tf_config_tasks() > 1:
-        if not _MULTI_WORKER_STRATEGY:
-            _MULTI_WORKER_STRATEGY.append(tf.distribute.MultiWorkerMirroredStrategy())
-        return _MULTI_WORKER_STRATEGY[0]
-    if config.GPU_COUNT > 1:
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in gpus[:config.GPU_COUNT]]
-        if len(devices) < config.GPU_COUNT:
-            raise ValueError("GPU_COUNT = {} but only {} GPU(s) are visible".format(
-                config.GPU_COUNT, len(devices)))
-        return tf.distribute.MirroredStrategy(devices)
-    return tf.distribute.get_strategy()
-
-
-def _set_precision_policy(config):
-    """Apply config.MIXED_PRECISION as Keras's global dtype policy before building.
-
-    The policy is global in Keras: every MaskRCNN sets it (None -> "float32"), so a
-    float32 model built after a mixed one is float32 again. Box, anchor, ROI and loss
-    layers keep float32 whatever the policy (see mrcnn.rpn and mrcnn.roi_heads).
-    """
-    policy = config.MIXED_PRECISION or "float32"
-    if policy == "mixed_float16" and not tf.config.list_logical_devices("GPU"):
-        logger.warning("MIXED_PRECISION = 'mixed_float16' without a GPU: float16 maths is "
-                       "very slow on CPUs; use 'mixed_bfloat16' (CPUs with AMX) or float32")
-    keras.mixed_precision.set_global_policy(policy)
 
 
 __all__ = ["MaskRCNN", "NonFiniteLossError", "compose_image_meta", "parse_image_meta",

@@ -57,7 +57,7 @@ class TrainingModel(keras.Model):
 
     def _compute_losses(self, inputs, training):
         outputs = self.net(inputs, training=training)
-        named = [tf.cast(outputs[i], tf.float32) for i in range(len(self.loss_names))]
+        named = [tf.cast(outputs[name], tf.float32) for name in self.loss_names]
         total = tf.add_n([w * l for w, l in zip(self.loss_weights_, named)])
         if self.config.WEIGHT_DECAY:
             # Listed at trace time, not cached on self: Keras refuses new tracked state
@@ -404,9 +404,3 @@ def set_trainable(model, layer_regex, frozen_regex=None, verbose=0, indent=0):
 def resolve_layers(layers):
     """Map Matterport's layer presets ("heads", "3+", ...) to a regex; pass regexes through."""
     return LAYER_REGEX.get(layers, layers)
-
-
-def epoch_from_checkpoint(path):
-    """Epoch number (1-based) of a checkpoint named like ``mask_rcnn_{name}_{epoch:04d}.h5``."""
-    m = re.search(r"mask\_rcnn\_.*?(\d{4})\.h5$", os.path.basename(path))
-    return int(m.group(1)) if m else None

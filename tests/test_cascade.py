@@ -223,16 +223,15 @@ def test_stage_gradients_stop_at_refined_boxes(cascade_given_rois):
     train their own heads."""
     model, batch = cascade_given_rois
     net = model.keras_model
-    names = model.output_names
-    later = [names.index(n) for n in ("mrcnn_class_loss_s2", "mrcnn_bbox_loss_s2",
-                                      "mrcnn_class_loss_s3", "mrcnn_bbox_loss_s3")]
+    later = ("mrcnn_class_loss_s2", "mrcnn_bbox_loss_s2", "mrcnn_class_loss_s3",
+             "mrcnn_bbox_loss_s3")
     watched = {n: net.get_layer(n).kernel for n in
                ("mrcnn_bbox_fc", "mrcnn_class_logits", "mrcnn_bbox_fc_stage2",
                 "mrcnn_bbox_fc_stage3")}
     inputs = {k: tf.constant(v) for k, v in batch.items()}
     with tf.GradientTape() as tape:
         outputs = net(inputs, training=True)
-        loss = tf.add_n([outputs[i] for i in later])
+        loss = tf.add_n([outputs[name] for name in later])
     grads = dict(zip(watched, tape.gradient(loss, list(watched.values()))))
     for stage1 in ("mrcnn_bbox_fc", "mrcnn_class_logits"):
         assert grads[stage1] is None or not np.any(grads[stage1].numpy()), stage1

@@ -76,7 +76,7 @@ def scaled(rects, scale=0.5, top=8, left=0):
 
 
 def meta_fields(meta):
-    """Split a meta vector by the documented layout (independent of imagemeta)."""
+    """Split a meta vector by the documented layout (independent of mrcnn.preprocess)."""
     meta = np.asarray(meta)
     return {"image_id": meta[0], "original_image_shape": meta[1:4], "image_shape": meta[4:7],
             "window": meta[7:11], "scale": meta[11], "active_class_ids": meta[12:]}

@@ -1,4 +1,5 @@
-"""mrcnn.utils.Dataset: source maps, image loading conversions and error messages."""
+"""mrcnn.dataset.Dataset (utils.Dataset): source maps, image loading conversions and error
+messages."""
 import logging
 
 import numpy as np
@@ -244,3 +245,18 @@ def test_load_image_bad_image_id(tmp_path):
     ds = dataset_with([])
     with pytest.raises(DatasetError, match="no image with id 3"):
         ds.load_image(3)
+
+
+def test_absent_optional_decoder_imports_fail_without_the_import_machinery():
+    # imageio's Pillow plugin tries pillow_heif on every read: absent, it must fail from
+    # sys.modules (no path search under import locks in every loader thread).
+    import importlib
+    import sys
+    from mrcnn import dataset as mdataset
+    mdataset._fail_absent_optional_imports_fast(("mrcnn_no_such_module",))
+    assert sys.modules["mrcnn_no_such_module"] is None
+    with pytest.raises(ImportError, match="halted"):
+        importlib.import_module("mrcnn_no_such_module")
+    mdataset._fail_absent_optional_imports_fast(("numpy",))      # present: left alone
+    assert sys.modules["numpy"] is np
+    del sys.modules["mrcnn_no_such_module"]

@@ -123,44 +123,44 @@ def test_train_under_mirrored_strategy():
 
 # ----------------------------------------------------------------------------- helpers
 def test_tf_config_parsing(monkeypatch):
-    from mrcnn.model import _tf_config_tasks
+    from mrcnn.distribute import tf_config_tasks
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert _tf_config_tasks() == 0
+    assert tf_config_tasks() == 0
     cluster = {"worker": ["127.0.0.1:20001", "127.0.0.1:20002"]}
     monkeypatch.setenv("TF_CONFIG", json.dumps(
         {"cluster": cluster, "task": {"type": "worker", "index": 1}}))
-    assert _tf_config_tasks() == 2
+    assert tf_config_tasks() == 2
     monkeypatch.setenv("TF_CONFIG", json.dumps(
         {"cluster": dict(cluster, chief=["127.0.0.1:20000"]),
          "task": {"type": "chief", "index": 0}}))
-    assert _tf_config_tasks() == 3
+    assert tf_config_tasks() == 3
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="TF_CONFIG"):
-        _tf_config_tasks()
+        tf_config_tasks()
 
 
 def test_default_strategy_single_device_and_missing_gpus(monkeypatch):
     from mrcnn.config import Config
-    from mrcnn.model import _default_strategy
+    from mrcnn.distribute import default_strategy
     monkeypatch.delenv("TF_CONFIG", raising=False)
 
     class One(Config):
         GPU_COUNT = 1
 
-    assert _default_strategy(One()).num_replicas_in_sync == 1
+    assert default_strategy(One()).num_replicas_in_sync == 1
 
     class Four(Config):
         GPU_COUNT = 4
 
     if len(tf.config.list_logical_devices("GPU")) < 4:
         with pytest.raises(ValueError, match="GPU_COUNT = 4"):
-            _default_strategy(Four())
+            default_strategy(Four())
     # Inference models never get a distribution strategy of their own, not even on a
     # worker of a TF_CONFIG cluster (evaluation after multi-worker training).
     monkeypatch.setenv("TF_CONFIG", json.dumps(
         {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
          "task": {"type": "worker", "index": 0}}))
-    assert _default_strategy(Four(), "inference") is tf.distribute.get_strategy()
+    assert default_strategy(Four(), "inference") is tf.distribute.get_strategy()
 
 
 class _FakeStrategy:
@@ -170,18 +170,26 @@ class _FakeStrategy:
 
 
 def test_chief_and_worker_count():
-    from mrcnn.model import _is_chief, _num_workers
+    from mrcnn.distribute import is_chief, num_workers
     workers = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
-    assert _num_workers(_FakeStrategy(workers, "worker", 0)) == 2
-    assert _is_chief(_FakeStrategy(workers, "worker", 0))
-    assert not _is_chief(_FakeStrategy(workers, "worker", 1))
+    assert num_workers(_FakeStrategy(workers, "worker", 0)) == 2
+    assert is_chief(_FakeStrategy(workers, "worker", 0))
+    assert not is_chief(_FakeStrategy(workers, "worker", 1))
     with_chief = dict(workers, chief=["127.0.0.1:0"])
-    assert _num_workers(_FakeStrategy(with_chief, "worker", 0)) == 3
-    assert _is_chief(_FakeStrategy(with_chief, "chief", 0))
-    assert not _is_chief(_FakeStrategy(with_chief, "worker", 0))
+    assert num_workers(_FakeStrategy(with_chief, "worker", 0)) == 3
+    assert is_chief(_FakeStrategy(with_chief, "chief", 0))
+    assert not is_chief(_FakeStrategy(with_chief, "worker", 0))
     # Single-process strategies: always the chief, one worker.
-    assert _is_chief(tf.distribute.get_strategy())
-    assert _num_workers(tf.distribute.get_strategy()) == 1
+    assert is_chief(tf.distribute.get_strategy())
+    assert num_workers(tf.distribute.get_strategy()) == 1
+
+
+def test_barrier_returns_the_replica_count():
+    from mrcnn.distribute import barrier
+    assert barrier(tf.distribute.get_strategy()) == 1.0
+    cpus = tf.config.list_logical_devices("CPU")
+    mirrored = tf.distribute.MirroredStrategy([cpus[0].name])
+    assert barrier(mirrored) == 1.0
 
 
 def test_make_optimizer_clips_on_one_replica():

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from mrcnn.config import Config
-from mrcnn.imagemeta import compose_image_meta
+from mrcnn.preprocess import compose_image_meta
 from mrcnn.roi_heads import DetectionLayer, DetectionTargetLayer, PyramidROIAlign
 from mrcnn.rpn import ProposalLayer
 

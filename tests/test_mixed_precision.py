@@ -57,12 +57,12 @@ def models(tmp_path_factory):
 
 
 def test_policy_set_per_model_and_reset():
-    from mrcnn.model import _set_precision_policy
-    _set_precision_policy(cfg(MIXED_PRECISION="mixed_bfloat16"))
+    from mrcnn.distribute import set_precision_policy
+    set_precision_policy(cfg(MIXED_PRECISION="mixed_bfloat16"))
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
-    _set_precision_policy(cfg())                        # None -> float32 again
+    set_precision_policy(cfg())                        # None -> float32 again
     assert keras.mixed_precision.global_policy().name == "float32"
-    _set_precision_policy(cfg(MIXED_PRECISION="float32"))
+    set_precision_policy(cfg(MIXED_PRECISION="float32"))
     assert keras.mixed_precision.global_policy().name == "float32"
 
 

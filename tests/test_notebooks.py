@@ -1,36 +1,47 @@
-"""Execute every tutorial notebook (notebooks/*.ipynb) so that a broken one fails the build.
+"""Execute every tutorial notebook so that a broken one fails the build, and check that the
+committed notebooks are in sync with their sources and carry the outputs of a real run.
 
-Each notebook runs in a fresh IPython kernel of this interpreter (nbclient), with its
-working directory in notebooks/ and MRCNN_NB_FAST=1 (64 px shapes, a couple of training
-steps, four images: see notebooks/_settings.py). Logs and checkpoints go to a temporary
-folder. train_shapes.ipynb runs first (module fixture); its last checkpoint is handed to
-the notebooks that need trained weights through MRCNN_NB_WEIGHTS, so the model is trained
-once.
+Each notebook is kept as a pair (notebooks/<name>.py in jupytext percent format, and
+notebooks/<name>.ipynb with outputs). The tests execute the .py sources, in memory (nothing
+is written into the committed .ipynb files), each in a fresh IPython kernel of this
+interpreter (nbclient, through notebooks/run_notebooks.py), with its working directory in
+notebooks/ and MRCNN_NB_FAST=1 (64 px shapes, a couple of training steps, four images: see
+notebooks/_settings.py). Logs and checkpoints go to a temporary folder. train_shapes runs
+first (module fixture); its last checkpoint is handed to the notebooks that need trained
+weights through MRCNN_NB_WEIGHTS, so the model is trained once.
 
 Besides "no cell raised", each test checks printed values against numbers derived here
 from the configuration (anchor counts, tensor shapes, checkpoint names), so a notebook that
 silently computes the wrong thing fails too. Runtimes are printed (pytest -s).
 """
 
-import contextlib
 import glob
+import importlib.util
 import math
 import os
 import re
-import sys
-import time
 
 import pytest
 
+import jupytext
 import nbformat
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-from jupyter_client.manager import KernelManager
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NB_DIR = os.path.join(ROOT, "notebooks")
 SHARED_DATA = os.environ.get("MRCNN_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
+
+
+def _load_runner():
+    """notebooks/run_notebooks.py, imported by path (notebooks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "run_notebooks", os.path.join(NB_DIR, "run_notebooks.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+runner = _load_runner()
+NAMES = runner.NOTEBOOKS
 
 # Per cell: the first training step compiles the training graph, which takes a few
 # minutes on a busy 2-core CPU.
@@ -47,37 +58,13 @@ POST_NMS_ROIS_INFERENCE = 100
 DETECTION_MAX_INSTANCES = 20
 MASK_SIZE = 28
 
+# The committed .ipynb files: pictures each must show (as PNG) after a real run, and the
+# budget for their total size.
+COMMITTED_PNGS = {"train_shapes": 6, "demo": 2, "inspect_data": 8, "inspect_model": 6,
+                  "inspect_weights": 2}
+COMMITTED_MAX_BYTES = 5 * 1024 * 1024
+
 pytestmark = pytest.mark.slow
-
-
-class ThisInterpreterKernels(KernelSpecManager):
-    """Resolves every kernel name to ipykernel on sys.executable.
-
-    The notebooks ask for "python3"; an installed kernelspec of that name may point to
-    another Python (without TensorFlow), and a fresh machine may have none. This needs
-    only ipykernel importable here.
-    """
-
-    def get_kernel_spec(self, kernel_name):
-        return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f",
-                                "{connection_file}"],
-                          display_name="Python 3 ({})".format(sys.executable),
-                          language="python", name=kernel_name)
-
-
-@contextlib.contextmanager
-def environ(values):
-    """Set environment variables (inherited by the kernel) and restore them after."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class Run(object):
@@ -121,26 +108,12 @@ class Run(object):
 
 
 def run_notebook(name, logs, weights=None):
-    nb = nbformat.read(os.path.join(NB_DIR, name), as_version=4)
+    """Execute notebooks/<name>.py in fast mode, in memory."""
+    nb = runner.read_source(name)
     env = {"MRCNN_NB_FAST": "1", "MRCNN_NB_LOGS": logs,
            "MRCNN_NB_WEIGHTS": weights or "", "MRCNN_NB_BALLOON_WEIGHTS": "",
            "TF_CPP_MIN_LOG_LEVEL": "3"}
-    km = KernelManager(kernel_name="python3", kernel_spec_manager=ThisInterpreterKernels())
-    client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT, startup_timeout=180,
-                            resources={"metadata": {"path": NB_DIR}})
-    error = None
-    start = time.time()
-    with environ(env):
-        try:
-            client.execute()
-        except CellExecutionError as err:
-            error = str(err)
-        finally:
-            # nbclient leaves a kernel it did not create running: stop it here, or each
-            # notebook's TensorFlow process would live until pytest exits.
-            if km.has_kernel:
-                km.shutdown_kernel(now=True)
-    seconds = time.time() - start
+    seconds, error = runner.execute(nb, env, timeout=CELL_TIMEOUT)
     print("\n{}: {:.0f} s{}".format(name, seconds, " (FAILED)" if error else ""))
     return Run(name, nb, seconds, error)
 
@@ -152,8 +125,9 @@ def logs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(logs):
-    """train_shapes.ipynb, executed once; .weights is its last checkpoint (or None)."""
-    run = run_notebook("train_shapes.ipynb", logs)
+    """train_shapes (its .py source), executed once; .weights is its last checkpoint
+    (or None)."""
+    run = run_notebook("train_shapes", logs)
     checkpoints = sorted(glob.glob(os.path.join(logs, "shapes*", "mask_rcnn_shapes_*.h5")))
     run.checkpoints = checkpoints
     run.weights = checkpoints[-1] if checkpoints else None
@@ -166,19 +140,36 @@ def anchor_count(size):
 
 # --------------------------------------------------------------------------- tests
 
-def test_notebooks_match_generator():
-    """The .ipynb files are generated by make_notebooks.py: they must be in sync."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "make_notebooks", os.path.join(NB_DIR, "make_notebooks.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main(["--check"]) == 0
-    for name in module.NOTEBOOKS:
-        nb = nbformat.read(os.path.join(NB_DIR, name), as_version=4)
-        nbformat.validate(nb)
-        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
-            "{} is stored with outputs".format(name)
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_matches_source(name):
+    """<name>.ipynb holds exactly the cells of its paired source <name>.py (jupytext), and
+    both declare the pairing, so Jupyter keeps them in sync."""
+    source = jupytext.read(os.path.join(NB_DIR, name + ".py"), fmt="py:percent")
+    stored = nbformat.read(os.path.join(NB_DIR, name + ".ipynb"), as_version=4)
+    nbformat.validate(stored)
+    assert [(c.cell_type, c.source) for c in stored.cells] == \
+        [(c.cell_type, c.source) for c in source.cells], \
+        "{0}.ipynb differs from {0}.py: run python notebooks/run_notebooks.py".format(name)
+    for nb in (source, stored):
+        assert nb.metadata["jupytext"]["formats"] == "ipynb,py:percent"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_stored_with_tutorial_outputs(name):
+    """The committed .ipynb shows the outputs of a real run (tutorial settings, not the
+    fast CI mode): every code cell ran, none raised, the pictures are there as PNG."""
+    stored = Run(name, nbformat.read(os.path.join(NB_DIR, name + ".ipynb"), as_version=4),
+                 0.0, None)
+    stored.check_ran()
+    counts = [c.execution_count for c in stored.nb.cells if c.cell_type == "code"]
+    assert counts == sorted(counts), "{}: cells ran out of order".format(name)
+    assert stored.find(r"(tutorial|FAST \(CI\)) mode").group(1) == "tutorial"
+    assert stored.count("image/png") >= COMMITTED_PNGS[name]
+
+
+def test_notebooks_total_size():
+    sizes = {name: os.path.getsize(os.path.join(NB_DIR, name + ".ipynb")) for name in NAMES}
+    assert sum(sizes.values()) <= COMMITTED_MAX_BYTES, sizes
 
 
 def test_train_shapes(trained, logs):
@@ -202,7 +193,7 @@ def test_train_shapes(trained, logs):
 
 
 def test_demo(trained, logs):
-    run = run_notebook("demo.ipynb", logs, weights=trained.weights)
+    run = run_notebook("demo", logs, weights=trained.weights)
     run.check_ran()
     if trained.weights:
         assert run.find(r"weights found: (\S+)").group(1) == trained.weights
@@ -219,7 +210,7 @@ def test_demo(trained, logs):
 
 
 def test_inspect_data(logs):
-    run = run_notebook("inspect_data.ipynb", logs)
+    run = run_notebook("inspect_data", logs)
     run.check_ran()
     assert int(run.find(r"Image count: (\d+)").group(1)) == 4
     anchors = anchor_count(IMAGE_SIZE)
@@ -243,7 +234,7 @@ def test_inspect_data(logs):
 
 
 def test_inspect_model(trained, logs):
-    run = run_notebook("inspect_model.ipynb", logs, weights=trained.weights)
+    run = run_notebook("inspect_model", logs, weights=trained.weights)
     run.check_ran()
     assert int(run.find(r"(\d+) anchors, \d+ positive targets").group(1)) == \
         anchor_count(IMAGE_SIZE)
@@ -261,7 +252,7 @@ def test_inspect_model(trained, logs):
 
 
 def test_inspect_weights(trained, logs):
-    run = run_notebook("inspect_weights.ipynb", logs, weights=trained.weights)
+    run = run_notebook("inspect_weights", logs, weights=trained.weights)
     run.check_ran()
     if trained.weights:
         assert int(run.find(r"Loaded (\d+) layer\(s\)").group(1)) > 100

@@ -33,7 +33,7 @@ from PIL import Image
 from mrcnn import data, utils
 from mrcnn import model as modellib
 from mrcnn.datasets import CocoJsonDataset, DatasetWarning, ViaDataset
-from mrcnn.inference import check_images, mold_inputs, unmold_detections
+from mrcnn.preprocess import check_images, mold_inputs, unmold_detections
 from mrcnn.training import (CheckpointCallback, NonFiniteLossError, NonFiniteLossGuard,
                             TrainingModel)
 from mrcnn.weights import read_weight_groups

@@ -21,8 +21,8 @@ from mrcnn.backbone import BatchNorm, backbone_layer_stage, build_backbone
 from mrcnn.config import Config, apply_preset_r50_fpn
 from mrcnn.graph import build_graph
 from mrcnn.roi_heads import loss_output_names
-from mrcnn.imagemeta import compose_image_meta
-from mrcnn.inference import mold_inputs
+from mrcnn.preprocess import compose_image_meta
+from mrcnn.preprocess import mold_inputs
 from mrcnn.training import TrainingModel
 from samples.shapes import ShapesDataset
 
@@ -411,7 +411,7 @@ def test_detection_settings_reach_detection_layer(models, name):
     assert layer.min_confidence == c.DETECTION_MIN_CONFIDENCE
     assert layer.nms_threshold == c.DETECTION_NMS_THRESHOLD
     assert layer.max_instances == c.DETECTION_MAX_INSTANCES
-    assert tuple(model.keras_model.outputs[0].shape) == (None, c.DETECTION_MAX_INSTANCES, 6)
+    assert tuple(model.keras_model.output["detections"].shape) == (None, c.DETECTION_MAX_INSTANCES, 6)
     boxes, probs, deltas = _detection_inputs(c.NUM_CLASSES, c.CASCADE)
     det = layer([tf.constant(boxes[None]), tf.constant(probs[None]), tf.constant(deltas[None]),
                  meta_64(c.NUM_CLASSES)]).numpy()[0]
@@ -668,7 +668,7 @@ def test_mask_shape_sets_mask_head_and_targets(models, name):
 
 
 def test_mask_shape_28_and_56_in_the_preset_models(models):
-    shapes = {name: models(name, "inference").keras_model.outputs[3].shape[2:4]
+    shapes = {name: models(name, "inference").keras_model.output["mrcnn_mask"].shape[2:4]
               for name in ("preset_plain", "preset_cascade")}
     assert shapes == {"preset_plain": (28, 28), "preset_cascade": (56, 56)}
 
