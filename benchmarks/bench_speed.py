@@ -422,6 +422,8 @@ def _interleaved(fns, rounds):
 
 
 def _numpy_all(out):
+    if isinstance(out, dict):
+        out = list(out.values())
     out = out if isinstance(out, (list, tuple)) else [out]
     return [o.numpy() for o in out]
 

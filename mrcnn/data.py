@@ -5,7 +5,7 @@ numpy-vectorised RPN matching and a parallel ``tf.data`` pipeline (``build_datas
 whose batches are dicts keyed by the training model's input names:
 
     input_image         [B, H, W, C]           float32  molded (mean pixel subtracted)
-    input_image_meta    [B, IMAGE_META_SIZE]   float32  see mrcnn.imagemeta
+    input_image_meta    [B, IMAGE_META_SIZE]   float32  see mrcnn.preprocess
     input_rpn_match     [B, A, 1]              int32    1 positive, -1 negative, 0 neutral
     input_rpn_bbox      [B, RPN_TRAIN_ANCHORS_PER_IMAGE, 4] float32 std-scaled deltas
     input_gt_class_ids  [B, MAX_GT_INSTANCES]  int32    zero padded (crowds negative)
@@ -163,7 +163,7 @@ def load_image_gt(dataset, config, image_id, augment=False, augmentation=None,
     Returns (image, image_meta, class_ids, bbox, mask):
         image: [h, w, C] as loaded (uint8 from Dataset.load_image), resized per
             IMAGE_RESIZE_MODE.
-        image_meta: float64 [12 + dataset.num_classes] (mrcnn.imagemeta layout).
+        image_meta: float64 [12 + dataset.num_classes] (mrcnn.preprocess layout).
         class_ids: int32 [N] (negative = crowd).
         bbox: int32 [N, (y1, x1, y2, x2)] pixels of the resized image, y2/x2 exclusive.
         mask: bool [h, w, N], or [MINI_MASK_SHAPE..., N] mini masks (each cropped to its

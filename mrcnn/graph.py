@@ -16,7 +16,7 @@ import tensorflow as tf
 from mrcnn import roi_heads, rpn
 from mrcnn.backbone import build_backbone
 from mrcnn.boxes import norm_boxes_graph
-from mrcnn.imagemeta import parse_image_meta_graph
+from mrcnn.preprocess import parse_image_meta_graph
 from mrcnn.roi_heads import loss_output_names
 
 TRAINING_EXTRA_OUTPUTS = ("rpn_class_logits", "rpn_class", "rpn_bbox", "rpn_rois",

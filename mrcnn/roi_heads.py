@@ -37,7 +37,7 @@ from mrcnn.backbone import BatchNorm
 from mrcnn.boxes import (BoxCoder, clip_boxes_graph, log2_graph, norm_boxes_graph,
                          overlaps_graph)
 from mrcnn.config import config_values
-from mrcnn.imagemeta import parse_image_meta_graph
+from mrcnn.preprocess import parse_image_meta_graph
 from mrcnn.losses import LossLayer, register_loss, safe_mean, smooth_l1
 from mrcnn.rpn import CROWD_IOU
 

@@ -2,9 +2,10 @@
 import logging
 
 import numpy as np
+
 import pytest
 
-from mrcnn import data, utils
+from mrcnn import data, rpn, utils
 from mrcnn.augment import iaa
 from mrcnn.config import Config
 from mrcnn.utils import DatasetError
@@ -164,7 +165,7 @@ def test_rpn_custom_iou_thresholds_change_match():
 
 @pytest.mark.parametrize("block", [16, 2])
 def test_rpn_matches_loop_reference_on_random_boxes(block, monkeypatch):
-    monkeypatch.setattr(data, "_GT_BLOCK", block)  # 2: several IoU blocks per image
+    monkeypatch.setattr(rpn, "_GT_BLOCK", block)  # 2: several IoU blocks per image
     rng = np.random.default_rng(0)
     config = make_config(RPN_TRAIN_ANCHORS_PER_IMAGE=2048)  # large: no subsampling
     for trial in range(5):
