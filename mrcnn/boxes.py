@@ -157,7 +157,7 @@ def apply_box_deltas(boxes, deltas):
     # In-place updates keep float32, as Matterport (values identical to its output).
     center_y += deltas[:, 0] * height
     center_x += deltas[:, 1] * width
-    # Same clamp as box_ops.apply_box_deltas_graph (log(1000/16), as detectron2): no effect
+    # Same clamp as apply_box_deltas_graph below (log(1000/16), as detectron2): no effect
     # on sane deltas, no overflow on diverged ones, and both sides stay equal.
     height *= np.exp(np.minimum(deltas[:, 2], BBOX_LOG_SCALE_CLIP))
     width *= np.exp(np.minimum(deltas[:, 3], BBOX_LOG_SCALE_CLIP))

@@ -189,25 +189,44 @@ def _load_gt(dataset, config, image_id, augmentation, use_mini_mask, augment, rn
         augment, augmentation = False, augment
     what = describe_image(dataset, image_id)
 
-    try:
-        image = dataset.load_image(image_id)
-    except DatasetError:
-        raise
-    except Exception as e:
-        raise ImageError("{}: load_image failed: {}: {}".format(
-            what, type(e).__name__, e)) from e
-    image = _checked_image(image, config, what)
-    try:
-        mask, class_ids = dataset.load_mask(image_id)
-    except DatasetError:
-        raise
-    except Exception as e:
-        raise ImageError("{}: load_mask failed: {}: {}".format(
-            what, type(e).__name__, e)) from e
+    image = _checked_image(_call_loader(dataset, "load_image", image_id, what), config,
+                           what)
+    mask, class_ids = _call_loader(dataset, "load_mask", image_id, what)
     num_classes = min(dataset.num_classes, config.NUM_CLASSES)
     mask, class_ids = _checked_annotations(mask, class_ids, image.shape, num_classes, what)
     original_shape = image.shape
+    image, mask, window, scale = _resized_gt(image, mask, config, what)
+    image, mask = _augmented_gt(image, mask, augment, augmentation, rng, what)
 
+    # Instances cropped or augmented out of the image leave empty masks: drop them.
+    keep = np.any(mask, axis=(0, 1))
+    mask = mask[:, :, keep]
+    class_ids = class_ids[keep]
+    bbox = utils.extract_bboxes(mask)
+
+    active_class_ids = _active_class_ids(dataset, image_id)
+    if use_mini_mask:
+        mask = utils.minimize_mask(bbox, mask, config.MINI_MASK_SHAPE)
+
+    return (image, class_ids, bbox, mask.astype(bool, copy=False), original_shape, window,
+            scale, active_class_ids)
+
+
+def _call_loader(dataset, method, image_id, what):
+    """dataset.<method>(image_id); a failure other than a DatasetError (which already
+    names the image) becomes an ImageError naming the image."""
+    try:
+        return getattr(dataset, method)(image_id)
+    except DatasetError:
+        raise
+    except Exception as e:
+        raise ImageError("{}: {} failed: {}: {}".format(
+            what, method, type(e).__name__, e)) from e
+
+
+def _resized_gt(image, mask, config, what):
+    """Resize image and masks per config; returns (image, mask, window, scale)."""
+    original_shape = image.shape
     # "square" shrinks the long side to IMAGE_MAX_DIM (only it ever scales down): an
     # extreme aspect ratio (e.g. 10000 x 40 at 64) leaves a short side under 2 pixels,
     # whose window has zero normalised size (norm_boxes divides by side - 1) and whose
@@ -233,7 +252,11 @@ def _load_gt(dataset, config, image_id, augmentation, use_mini_mask, augment, rn
         mask = utils.resize_mask(mask, scale, padding, crop)
     else:  # nothing to zoom; keep the stack in step with the image
         mask = np.zeros(image.shape[:2] + (0,), dtype=bool)
+    return image, mask, window, scale
 
+
+def _augmented_gt(image, mask, augment, augmentation, rng, what):
+    """The deprecated random flip (augment), then the imgaug augmentation, if any."""
     if augment:
         logger.warning("'augment' is deprecated; use 'augmentation' instead.")
         flip = (rng.integers(2) if rng is not None else np.random.randint(2))
@@ -252,19 +275,7 @@ def _load_gt(dataset, config, image_id, augmentation, use_mini_mask, augment, rn
             raise ImageError("{}: augmentation changed the image shape from {} to {}; use "
                              "size-preserving augmenters (e.g. keep_size=True)".format(
                                  what, shape_before, image.shape))
-
-    # Instances cropped or augmented out of the image leave empty masks: drop them.
-    keep = np.any(mask, axis=(0, 1))
-    mask = mask[:, :, keep]
-    class_ids = class_ids[keep]
-    bbox = utils.extract_bboxes(mask)
-
-    active_class_ids = _active_class_ids(dataset, image_id)
-    if use_mini_mask:
-        mask = utils.minimize_mask(bbox, mask, config.MINI_MASK_SHAPE)
-
-    return (image, class_ids, bbox, mask.astype(bool, copy=False), original_shape, window,
-            scale, active_class_ids)
+    return image, mask
 
 
 ############################################################
@@ -476,8 +487,6 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
     always give it; in "none"/"pad64" modes smaller images are zero-padded at the
     bottom/right to IMAGE_SHAPE (IMAGE_MAX_DIM square) and larger ones are errors.
     """
-    import tensorflow as tf
-
     check_dataset(dataset, "dataset", config)
     if on_error not in ("raise", "skip"):
         raise ValueError("on_error must be 'raise' or 'skip', got {!r}".format(on_error))
@@ -489,6 +498,18 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
     counter = skip_counter if skip_counter is not None else SkipCounter()
     if counter.max_consecutive is None:
         counter.max_consecutive = max(2 * len(image_ids), 20)
+    load = _example_loader(dataset, config, anchors, spec, augmentation, no_aug, on_error,
+                           seed, skip_empty, counter)
+    ds = _batched_pipeline(image_ids, _tf_loader(load, spec), shuffle, repeat, seed,
+                           batch_size)
+    ds.skip_counter = counter
+    return ds
+
+
+def _example_loader(dataset, config, anchors, spec, augmentation, no_aug, on_error, seed,
+                    skip_empty, counter):
+    """build_dataset's per-image numpy function: load(image_id, index) -> the example's
+    arrays in spec order plus an "ok" flag (False: skipped, arrays are zeros)."""
     zeros = [np.zeros(shape, dtype) for shape, dtype in spec.values()]
 
     def load(image_id, index):
@@ -518,6 +539,14 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
         counter.record_loaded()
         return [example[k] for k in spec] + [True]
 
+    return load
+
+
+def _tf_loader(load, spec):
+    """Wrap the numpy loader for tf.data: (index, image_id) -> (example dict, ok), with
+    the static shapes that batching needs."""
+    import tensorflow as tf
+
     tout = [tf.as_dtype(dtype) for _, dtype in spec.values()] + [tf.bool]
 
     def tf_load(index, image_id):
@@ -526,6 +555,13 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
             tensor.set_shape(shape)
         out[-1].set_shape([])
         return dict(zip(spec.keys(), out[:-1])), out[-1]
+
+    return tf_load
+
+
+def _batched_pipeline(image_ids, tf_load, shuffle, repeat, seed, batch_size):
+    """The tf.data pipeline over image ids: order, parallel load, skip, batch, prefetch."""
+    import tensorflow as tf
 
     # Parallel loading, measured on this 2-core machine (shared, load average ~4; 256 px
     # images, 12 instances, flip + affine + multiply; batch 2, interleaved runs):
@@ -548,9 +584,7 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
                 deterministic=seed is not None or not shuffle)
     ds = ds.filter(_is_ok).map(_drop_flag)
     ds = ds.batch(batch_size, drop_remainder=True)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    ds.skip_counter = counter
-    return ds
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def pipeline_error(error, *datasets):
@@ -677,22 +711,29 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
             continue
         batch.append(example)
         if len(batch) == batch_size:
-            inputs = [np.stack([ex[k] for ex in batch]) for k in spec]
-            outputs = []
-            if random_rois:
-                rpn_rois = [_random_rois_for(ex, random_rois) for ex in batch]
-                inputs.append(np.stack(rpn_rois))
-                if detection_targets:
-                    targets = [build_detection_targets(r, ex["input_gt_class_ids"],
-                                                       ex["input_gt_boxes"],
-                                                       ex["input_gt_masks"], config)
-                               for r, ex in zip(rpn_rois, batch)]
-                    rois, class_ids, bbox, mask = (np.stack(t) for t in zip(*targets))
-                    inputs.append(rois)
-                    # Keras wanted outputs and targets of the same rank (Matterport).
-                    outputs = [class_ids[..., np.newaxis], bbox, mask]
+            inputs, outputs = _generator_batch(batch, spec, config, random_rois,
+                                               detection_targets)
             batch = []
             yield inputs, outputs
+
+
+def _generator_batch(batch, spec, config, random_rois, detection_targets):
+    """data_generator's (inputs, outputs) for a list of training examples."""
+    inputs = [np.stack([ex[k] for ex in batch]) for k in spec]
+    outputs = []
+    if random_rois:
+        rpn_rois = [_random_rois_for(ex, random_rois) for ex in batch]
+        inputs.append(np.stack(rpn_rois))
+        if detection_targets:
+            targets = [build_detection_targets(r, ex["input_gt_class_ids"],
+                                               ex["input_gt_boxes"],
+                                               ex["input_gt_masks"], config)
+                       for r, ex in zip(rpn_rois, batch)]
+            rois, class_ids, bbox, mask = (np.stack(t) for t in zip(*targets))
+            inputs.append(rois)
+            # Keras wanted outputs and targets of the same rank (Matterport).
+            outputs = [class_ids[..., np.newaxis], bbox, mask]
+    return inputs, outputs
 
 
 def _random_rois_for(example, count):

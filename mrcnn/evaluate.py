@@ -132,15 +132,7 @@ def build_coco_gt(dataset, image_ids=None, config=None):
                          "(including BG)".format(config.NUM_CLASSES, dataset.num_classes))
     num_images = len(dataset.image_ids)
     ids = dataset.image_ids if image_ids is None else image_ids
-    names = _category_names(dataset)
-    info = getattr(dataset, "class_info", None)
-    categories = []
-    for cid in dataset.class_ids:
-        cid = int(cid)
-        if cid == 0:
-            continue
-        source = info[cid].get("source", "") if info is not None and cid < len(info) else ""
-        categories.append({"id": cid, "name": names[cid], "supercategory": source})
+    categories = _coco_categories(dataset)
 
     images, annotations = [], []
     seen = set()
@@ -153,37 +145,67 @@ def build_coco_gt(dataset, image_ids=None, config=None):
             raise ValueError("image id {} is listed twice".format(image_id))
         seen.add(image_id)
         masks, class_ids = _load_gt_masks(dataset, image_id)
-        height, width = _image_size(dataset, image_id, masks)
-        images.append({"id": image_id, "height": height, "width": width,
-                       "file_name": str(dataset.image_info[image_id].get("path", image_id))
-                       if hasattr(dataset, "image_info") else str(image_id)})
-        if class_ids.size == 0:
-            continue
-        bad = np.abs(class_ids) >= dataset.num_classes
-        if np.any(bad):
-            raise ValueError("dataset.load_mask({}) returned class id(s) {} but the dataset "
-                             "has {} classes".format(image_id, class_ids[bad].tolist(),
-                                                     dataset.num_classes))
-        rles = encode_masks(masks)
-        areas = mask_utils.area(rles) if rles else []
-        boxes = mask_utils.toBbox(rles) if rles else []
-        for i, cid in enumerate(class_ids):
-            # Class 0 is background and an empty mask can never be matched: skip both.
-            if cid == 0 or areas[i] == 0:
-                continue
-            annotations.append({
-                "id": len(annotations) + 1,  # COCOeval treats id 0 as "unmatched"
-                "image_id": image_id,
-                "category_id": int(abs(cid)),
-                "segmentation": rles[i],
-                "area": float(areas[i]),
-                "bbox": [float(v) for v in boxes[i]],
-                "iscrowd": int(cid < 0),
-            })
+        images.append(_coco_image(dataset, image_id, masks))
+        _add_annotations(annotations, dataset, image_id, masks, class_ids)
 
+    return _indexed_coco({"info": {"description": "mrcnn ground truth"}, "images": images,
+                          "annotations": annotations, "categories": categories})
+
+
+def _coco_categories(dataset):
+    """COCO categories of the dataset's classes without BG (id = internal class id,
+    supercategory = source)."""
+    names = _category_names(dataset)
+    info = getattr(dataset, "class_info", None)
+    categories = []
+    for cid in dataset.class_ids:
+        cid = int(cid)
+        if cid == 0:
+            continue
+        source = info[cid].get("source", "") if info is not None and cid < len(info) else ""
+        categories.append({"id": cid, "name": names[cid], "supercategory": source})
+    return categories
+
+
+def _coco_image(dataset, image_id, masks):
+    """The COCO "images" entry of one image."""
+    height, width = _image_size(dataset, image_id, masks)
+    return {"id": image_id, "height": height, "width": width,
+            "file_name": str(dataset.image_info[image_id].get("path", image_id))
+            if hasattr(dataset, "image_info") else str(image_id)}
+
+
+def _add_annotations(annotations, dataset, image_id, masks, class_ids):
+    """Append one image's instances to annotations (ids continue its numbering)."""
+    if class_ids.size == 0:
+        return
+    bad = np.abs(class_ids) >= dataset.num_classes
+    if np.any(bad):
+        raise ValueError("dataset.load_mask({}) returned class id(s) {} but the dataset "
+                         "has {} classes".format(image_id, class_ids[bad].tolist(),
+                                                 dataset.num_classes))
+    rles = encode_masks(masks)
+    areas = mask_utils.area(rles) if rles else []
+    boxes = mask_utils.toBbox(rles) if rles else []
+    for i, cid in enumerate(class_ids):
+        # Class 0 is background and an empty mask can never be matched: skip both.
+        if cid == 0 or areas[i] == 0:
+            continue
+        annotations.append({
+            "id": len(annotations) + 1,  # COCOeval treats id 0 as "unmatched"
+            "image_id": image_id,
+            "category_id": int(abs(cid)),
+            "segmentation": rles[i],
+            "area": float(areas[i]),
+            "bbox": [float(v) for v in boxes[i]],
+            "iscrowd": int(cid < 0),
+        })
+
+
+def _indexed_coco(content):
+    """A pycocotools COCO object holding content (a COCO-format dict), indexed quietly."""
     coco = COCO()
-    coco.dataset = {"info": {"description": "mrcnn ground truth"}, "images": images,
-                    "annotations": annotations, "categories": categories}
+    coco.dataset = content
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
@@ -273,12 +295,9 @@ def detections_to_coco(image_id, result, dataset=None):
 
 def _empty_results(gt_coco):
     """A results COCO object with no detections (loadRes cannot take an empty list)."""
-    res = COCO()
-    res.dataset = {"info": {}, "images": list(gt_coco.dataset["images"]),
-                   "categories": list(gt_coco.dataset["categories"]), "annotations": []}
-    with contextlib.redirect_stdout(io.StringIO()):
-        res.createIndex()
-    return res
+    return _indexed_coco({"info": {}, "images": list(gt_coco.dataset["images"]),
+                          "categories": list(gt_coco.dataset["categories"]),
+                          "annotations": []})
 
 
 def _mean_precision(coco_eval):
@@ -336,39 +355,14 @@ def evaluate_detections(gt_coco, detections, iou_types=IOU_TYPES, verbose=0, max
             raise ValueError("iou_types: unknown IoU type {!r}; use {}".format(t, IOU_TYPES))
     detections = list(detections)
     img_ids = set(gt_coco.getImgIds())
-    cat_ids = set(gt_coco.getCatIds())
-    for d in detections:
-        if d.get("image_id") not in img_ids:
-            raise ValueError("detection for image id {!r} is not in the ground truth".format(
-                d.get("image_id")))
-        if d.get("category_id") not in cat_ids:
-            raise ValueError("detection of image {} has category id {!r} which is not a "
-                             "ground-truth category".format(d["image_id"],
-                                                            d.get("category_id")))
+    _check_detection_ids(detections, img_ids, set(gt_coco.getCatIds()))
     names = {c["id"]: c["name"] for c in gt_coco.dataset["categories"]}
 
     metrics = {}
     for iou_type in iou_types:
-        key = "bbox" if iou_type == "bbox" else "segmentation"
-        dets = []
-        for d in detections:
-            if key not in d:
-                raise ValueError("{} evaluation needs {!r} in every detection; the one of "
-                                 "image {} has none".format(iou_type, key, d["image_id"]))
-            # Fresh dicts: loadRes edits them. For "segm" leave out the box, or loadRes
-            # takes the box area as the instance area (wrong small/medium/large split).
-            dets.append({"image_id": d["image_id"], "category_id": d["category_id"],
-                         "score": d["score"], key: d[key]})
-        quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(
-            io.StringIO())
-        with quiet:
-            res = gt_coco.loadRes(dets) if dets else _empty_results(gt_coco)
-            coco_eval = COCOeval(gt_coco, res, iou_type)
-            coco_eval.params.imgIds = sorted(img_ids)
-            coco_eval.params.maxDets = [1, 10, int(max_dets)]
-            coco_eval.evaluate()
-            coco_eval.accumulate()
-            coco_eval.summarize()
+        dets = _results_for(detections, iou_type)
+        coco_eval = _run_cocoeval(gt_coco, dets, iou_type, sorted(img_ids), verbose,
+                                  max_dets)
         m = {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats)}
         if int(max_dets) != 100:
             # summarize() computes its first figure (AP) at maxDets=100 whatever the
@@ -379,6 +373,50 @@ def evaluate_detections(gt_coco, detections, iou_types=IOU_TYPES, verbose=0, max
         m["max_dets"] = int(max_dets)
         metrics[iou_type] = m
     return metrics
+
+
+def _check_detection_ids(detections, img_ids, cat_ids):
+    """Raise ValueError for a detection whose image or category is not in the ground
+    truth."""
+    for d in detections:
+        if d.get("image_id") not in img_ids:
+            raise ValueError("detection for image id {!r} is not in the ground truth".format(
+                d.get("image_id")))
+        if d.get("category_id") not in cat_ids:
+            raise ValueError("detection of image {} has category id {!r} which is not a "
+                             "ground-truth category".format(d["image_id"],
+                                                            d.get("category_id")))
+
+
+def _results_for(detections, iou_type):
+    """Fresh COCO result dicts holding only what iou_type's evaluation reads."""
+    key = "bbox" if iou_type == "bbox" else "segmentation"
+    dets = []
+    for d in detections:
+        if key not in d:
+            raise ValueError("{} evaluation needs {!r} in every detection; the one of "
+                             "image {} has none".format(iou_type, key, d["image_id"]))
+        # Fresh dicts: loadRes edits them. For "segm" leave out the box, or loadRes
+        # takes the box area as the instance area (wrong small/medium/large split).
+        dets.append({"image_id": d["image_id"], "category_id": d["category_id"],
+                     "score": d["score"], key: d[key]})
+    return dets
+
+
+def _run_cocoeval(gt_coco, dets, iou_type, img_ids, verbose, max_dets):
+    """COCOeval evaluated, accumulated and summarized (pycocotools' output shown only if
+    verbose)."""
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(
+        io.StringIO())
+    with quiet:
+        res = gt_coco.loadRes(dets) if dets else _empty_results(gt_coco)
+        coco_eval = COCOeval(gt_coco, res, iou_type)
+        coco_eval.params.imgIds = img_ids
+        coco_eval.params.maxDets = [1, 10, int(max_dets)]
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return coco_eval
 
 
 # --------------------------------------------------------------------------- end to end
@@ -426,6 +464,23 @@ def evaluate_coco(model, dataset, image_ids=None, iou_types=IOU_TYPES, limit=Non
     ids = [int(i) for i in ids]
     gt = build_coco_gt(dataset, ids, config)
 
+    detections, image_aps, t_detect = _detect_all(model, dataset, gt, ids, batch_size,
+                                                  verbose)
+    if results_json:
+        _atomic_write_json(results_json, detections)
+    metrics = evaluate_detections(gt, detections, iou_types, verbose=verbose >= 2,
+                                  max_dets=max_dets)
+    metrics["mAP50_compute_ap"] = float(np.mean(image_aps)) if image_aps else float("nan")
+    metrics["num_images"] = len(ids)
+    metrics["num_detections"] = len(detections)
+    metrics["detect_seconds_per_image"] = t_detect / max(len(ids), 1)
+    return metrics
+
+
+def _detect_all(model, dataset, gt, ids, batch_size, verbose):
+    """model.detect over ids in batches of batch_size (the last padded by repeating its
+    last image). Returns (COCO result entries, compute_ap mAP@0.5 of each image with
+    ground truth and masks, seconds spent in detect)."""
     detections, image_aps = [], []
     t_detect = 0.0
     for start in range(0, len(ids), batch_size):
@@ -439,36 +494,40 @@ def evaluate_coco(model, dataset, image_ids=None, iou_types=IOU_TYPES, limit=Non
             raise ValueError("model.detect returned {} results for {} images".format(
                 len(results), len(batch)))
         for image_id, image, r in zip(batch, images, results):
-            h, w = gt.imgs[image_id]["height"], gt.imgs[image_id]["width"]
-            if tuple(np.shape(image)[:2]) != (h, w):
-                raise ValueError("image {}: load_image gives shape {} but load_mask gives "
-                                 "{}x{}".format(image_id, np.shape(image), h, w))
-            if r.get("masks") is not None and tuple(np.shape(r["masks"])[:2]) != (h, w):
-                raise ValueError("image {}: detected masks have shape {}, the image is "
-                                 "{}x{}".format(image_id, np.shape(r["masks"]), h, w))
+            _check_result_shapes(gt, image_id, image, r)
             detections.extend(detections_to_coco(image_id, r, dataset))
-            gt_boxes, gt_class_ids, gt_masks = gt_instances(gt, image_id)
-            if gt_class_ids.size == 0 or r.get("masks") is None:
-                continue  # compute_ap's recall is undefined without ground truth
-            ap = utils.compute_ap(gt_boxes, gt_class_ids, gt_masks,
-                                  np.asarray(r["rois"]), np.asarray(r["class_ids"]),
-                                  np.asarray(r["scores"]), np.asarray(r["masks"]),
-                                  iou_threshold=0.5)[0]
-            image_aps.append(float(ap))
+            ap = _image_ap(gt, image_id, r)
+            if ap is not None:
+                image_aps.append(ap)
         if verbose:
             done = min(start + batch_size, len(ids))
             print("evaluate_coco: {}/{} images, {:.3f} s/image in detect".format(
                 done, len(ids), t_detect / max(done, 1)))
+    return detections, image_aps, t_detect
 
-    if results_json:
-        _atomic_write_json(results_json, detections)
-    metrics = evaluate_detections(gt, detections, iou_types, verbose=verbose >= 2,
-                                  max_dets=max_dets)
-    metrics["mAP50_compute_ap"] = float(np.mean(image_aps)) if image_aps else float("nan")
-    metrics["num_images"] = len(ids)
-    metrics["num_detections"] = len(detections)
-    metrics["detect_seconds_per_image"] = t_detect / max(len(ids), 1)
-    return metrics
+
+def _check_result_shapes(gt, image_id, image, r):
+    """The loaded image and the detected masks must match the ground truth's size."""
+    h, w = gt.imgs[image_id]["height"], gt.imgs[image_id]["width"]
+    if tuple(np.shape(image)[:2]) != (h, w):
+        raise ValueError("image {}: load_image gives shape {} but load_mask gives "
+                         "{}x{}".format(image_id, np.shape(image), h, w))
+    if r.get("masks") is not None and tuple(np.shape(r["masks"])[:2]) != (h, w):
+        raise ValueError("image {}: detected masks have shape {}, the image is "
+                         "{}x{}".format(image_id, np.shape(r["masks"]), h, w))
+
+
+def _image_ap(gt, image_id, r):
+    """utils.compute_ap mAP@0.5 of one image's masks (crowds excluded); None without
+    ground truth or detected masks."""
+    gt_boxes, gt_class_ids, gt_masks = gt_instances(gt, image_id)
+    if gt_class_ids.size == 0 or r.get("masks") is None:
+        return None  # compute_ap's recall is undefined without ground truth
+    ap = utils.compute_ap(gt_boxes, gt_class_ids, gt_masks,
+                          np.asarray(r["rois"]), np.asarray(r["class_ids"]),
+                          np.asarray(r["scores"]), np.asarray(r["masks"]),
+                          iou_threshold=0.5)[0]
+    return float(ap)
 
 
 # --------------------------------------------------------------------------- printing

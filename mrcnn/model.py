@@ -29,7 +29,7 @@ from mrcnn.distribute import (default_strategy, is_chief, num_workers, per_worke
 from mrcnn.preprocess import (check_images, mold_inputs, parse_image_meta,  # noqa: F401
                               parse_image_meta_graph, unmold_detections)
 from mrcnn.roi_heads import loss_output_names
-from mrcnn.rpn import numpy_anchors
+from mrcnn.rpn import get_anchors, numpy_anchors
 from mrcnn.training import (CheckpointCallback, LearningRateWarmup, NonFiniteLossError,
                             NonFiniteLossGuard, TrainingModel, frozen_stage_regex,
                             make_optimizer, resolve_layers, set_trainable)

@@ -29,7 +29,6 @@ import collections
 import numbers
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import layers as KL
 

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers as KL
 
-from mrcnn.boxes import BoxCoder, clip_boxes_graph, compute_overlaps, norm_boxes
+from mrcnn.boxes import BoxCoder, clip_boxes_graph, norm_boxes
 from mrcnn.config import Config, config_values
 from mrcnn.losses import LossLayer, register_loss, safe_mean, smooth_l1
 from mrcnn.winograd import conv2d, resolve_winograd
@@ -121,7 +121,6 @@ def get_anchors(config, image_shape):
 
 def numpy_anchors(config, image_shape):
     """Normalised numpy anchors for a molded image shape (get_anchors + norm_boxes)."""
-    from mrcnn import utils
     return norm_boxes(get_anchors(config, image_shape), image_shape[:2]).astype(
         np.float32)
 

@@ -216,3 +216,18 @@ def test_lever_benchmark_switches_the_code_path_and_reports_both(capsys):
     assert res["on_over_off"] == pytest.approx(res["on_s"] / res["off_s"])
     with pytest.raises(ValueError, match="lever"):
         bench_levers.measure("nope", bench_speed.make_case(128, tiny=True), "infer", ".")
+
+
+def test_bench_revisions_collects_bench_speed_figures_per_size():
+    import bench_revisions
+    into = {}
+    run = [{"size": 512, "infer_detect_s": 1.5, "infer_graph_s": 1.25, "train_step_s": 3.0,
+            "train_forward_s": 1.0, "batch": 1},
+           {"size": 1024, "infer_graph_s": 4.0, "errors": ["train failed"]}]
+    bench_revisions.collect(run, into)
+    bench_revisions.collect(run, into)
+    assert into[("512 px", "infer_graph_s")] == [1.25, 1.25]
+    assert into[("512 px", "train_step_s")] == [3.0, 3.0]
+    assert ("1024 px", "infer_graph_s") in into
+    assert ("1024 px", "train_step_s") not in into     # missing figures are skipped
+    assert not any(name == "batch" for _, name in into)

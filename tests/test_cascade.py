@@ -15,13 +15,12 @@ import pytest
 import tensorflow as tf
 from keras import layers as KL
 
-from mrcnn import data, utils
+from mrcnn import utils
 from mrcnn import model as modellib
-from mrcnn.roi_heads import RefineBoxesLayer
 from mrcnn.config import Config
-from mrcnn.roi_heads import loss_output_names
-from mrcnn.roi_heads import DetectionTargetLayer
+from mrcnn.roi_heads import DetectionTargetLayer, RefineBoxesLayer, loss_output_names
 from samples.shapes import ShapesDataset
+from tiny_models import fixed_training_batch
 
 STAGE_LOSSES = ["rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
                 "mrcnn_class_loss_s2", "mrcnn_bbox_loss_s2", "mrcnn_class_loss_s3",
@@ -86,17 +85,8 @@ def shapes_dataset(count=4, seed=1, size=64):
 
 def fixed_batch(config, seed=1):
     """One training batch (dict of numpy arrays) from generated shapes, fixed by seed."""
-    ds = shapes_dataset(8, seed=seed)
-    anchors = utils.get_anchors(config, config.IMAGE_SHAPE)
-    rng = np.random.default_rng(seed)
-    examples = []
-    for image_id in ds.image_ids:
-        ex = data.load_training_example(ds, config, image_id, anchors, rng=rng)
-        if np.any(ex["input_gt_class_ids"] > 0):
-            examples.append(ex)
-        if len(examples) == config.BATCH_SIZE:
-            break
-    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    return fixed_training_batch(shapes_dataset(8, seed=seed), config,
+                                np.random.default_rng(seed))
 
 
 def jittered_rois(gt_boxes, gt_class_ids, count, rng):

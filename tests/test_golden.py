@@ -17,11 +17,10 @@ replaced by a stateless draw of a fixed seed, so the sample depends only on the 
 what is sampled, not on how many random ops the graph created before it (checked when the
 file is written: two Keras seeds give the same losses).
 """
+import contextlib
 import os
 import sys
 import zlib
-
-import contextlib
 
 import keras
 import numpy as np
@@ -32,10 +31,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from mrcnn import data, utils  # noqa: E402
 from mrcnn import model as modellib  # noqa: E402
 from samples.shapes import ShapesDataset  # noqa: E402
-from tests.tiny_models import shapes_64px_config_class, tiny_shapes_config_class  # noqa: E402
+from tests.tiny_models import (fixed_training_batch, shapes_64px_config_class,  # noqa: E402
+                               tiny_shapes_config_class)
 
 GOLDEN = os.path.join(ROOT, "tests", "data", "golden.npz")
 
@@ -114,16 +113,7 @@ def training_batch(config):
     ds = ShapesDataset()
     ds.load_shapes(6, 64, 64, seed=11)
     ds.prepare()
-    anchors = utils.get_anchors(config, config.IMAGE_SHAPE)
-    rng = np.random.default_rng(3)
-    examples = []
-    for image_id in ds.image_ids:
-        ex = data.load_training_example(ds, config, image_id, anchors, rng=rng)
-        if np.any(ex["input_gt_class_ids"] > 0):
-            examples.append(ex)
-        if len(examples) == config.BATCH_SIZE:
-            break
-    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    return fixed_training_batch(ds, config, np.random.default_rng(3))
 
 
 def named_outputs(model, outputs):

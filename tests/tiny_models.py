@@ -95,3 +95,19 @@ def small_resnet_config_class():
         DETECTION_MIN_CONFIDENCE = 0.0
 
     return SmallResNetConfig
+
+
+def fixed_training_batch(dataset, config, rng):
+    """One training batch (dict of stacked numpy arrays, data.load_training_example's
+    keys) of the first BATCH_SIZE images of ``dataset`` that hold an object; ``rng``
+    (np.random.Generator) fixes the RPN anchor sampling."""
+    from mrcnn import data, utils
+    anchors = utils.get_anchors(config, config.IMAGE_SHAPE)
+    examples = []
+    for image_id in dataset.image_ids:
+        ex = data.load_training_example(dataset, config, image_id, anchors, rng=rng)
+        if np.any(ex["input_gt_class_ids"] > 0):
+            examples.append(ex)
+        if len(examples) == config.BATCH_SIZE:
+            break
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
