@@ -24,7 +24,7 @@ import threading
 import numpy as np
 
 from mrcnn import utils
-from mrcnn.rpn import _choice, build_rpn_targets, get_anchors
+from mrcnn.rpn import build_rpn_targets, get_anchors, random_subset
 from mrcnn.augment import AugmentationError, augment_image_and_masks
 from mrcnn.preprocess import compose_image_meta, mold_image
 
@@ -329,7 +329,7 @@ def load_training_example(dataset, config, image_id, anchors, augmentation=None,
 
     max_gt = config.MAX_GT_INSTANCES
     if class_ids.shape[0] > max_gt:
-        keep = np.sort(_choice(rng, np.arange(class_ids.shape[0]), max_gt))
+        keep = np.sort(random_subset(rng, np.arange(class_ids.shape[0]), max_gt))
         class_ids, boxes, masks = class_ids[keep], boxes[keep], masks[:, :, keep]
     n = class_ids.shape[0]
     gt_class_ids = np.zeros([max_gt], dtype=np.int32)

@@ -409,7 +409,7 @@ CROWD_IOU = 0.001
 _GT_BLOCK = 16
 
 
-def _choice(rng, ids, count):
+def random_subset(rng, ids, count):
     """``count`` distinct elements of ids, from ``rng`` (Generator) or numpy's global RNG."""
     if rng is None:
         return np.random.choice(ids, count, replace=False)
@@ -474,11 +474,11 @@ def _balance(rpn_match, total, rng):
     positive = np.flatnonzero(rpn_match == 1)
     extra = positive.shape[0] - total // 2
     if extra > 0:
-        rpn_match[_choice(rng, positive, extra)] = 0
+        rpn_match[random_subset(rng, positive, extra)] = 0
     negative = np.flatnonzero(rpn_match == -1)
     extra = negative.shape[0] - (total - np.count_nonzero(rpn_match == 1))
     if extra > 0:
-        rpn_match[_choice(rng, negative, extra)] = 0
+        rpn_match[random_subset(rng, negative, extra)] = 0
 
 
 def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=None):
