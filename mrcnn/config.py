@@ -156,6 +156,16 @@ class Config(object):
         "mrcnn_mask_loss": 1.,
     }
 
+    # Class imbalance. CLASS_LOSS_WEIGHTS: NUM_CLASSES weights (index 0 = background) of
+    # the ROIs' cross-entropies in mrcnn_class_loss, which becomes their weighted mean
+    # (sum w * ce / sum w): equal weights give the plain loss, so its scale stays
+    # comparable. None: all 1 (Matterport).
+    CLASS_LOSS_WEIGHTS = None
+    # Repeat-factor sampling of training images (LVIS; detectron2's REPEAT_THRESHOLD): a
+    # class present in a fraction f of the training images has r = max(1, sqrt(t / f));
+    # an image is repeated, on average, max r of its classes times per pass. None: off.
+    REPEAT_FACTOR_THRESHOLD = None
+
     # Train the heads on RPN proposals (True) or on ROIs given as input (False).
     USE_RPN_ROIS = True
     # Train batch-norm layers (False: frozen, the usual choice with small batches; None,
@@ -411,6 +421,24 @@ class Config(object):
         self._fraction("LEARNING_RATE_WARMUP_FACTOR", low_open=True)
         if str(self.OPTIMIZER).lower() not in ("sgd", "adam"):
             self._fail("OPTIMIZER", "must be 'sgd' or 'adam'")
+        self._validate_class_balance()
+
+    def _validate_class_balance(self):
+        """CLASS_LOSS_WEIGHTS (stored as a tuple of floats) and REPEAT_FACTOR_THRESHOLD."""
+        if self.CLASS_LOSS_WEIGHTS is not None:
+            try:
+                w = np.asarray(self.CLASS_LOSS_WEIGHTS, dtype=np.float64)
+            except (TypeError, ValueError):
+                w = None
+            if w is None or w.shape != (self.NUM_CLASSES,) or \
+                    not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
+                self._fail("CLASS_LOSS_WEIGHTS", "must be NUM_CLASSES ({}) finite numbers "
+                           ">= 0, background first, not all 0".format(self.NUM_CLASSES))
+            self.CLASS_LOSS_WEIGHTS = tuple(float(v) for v in w)
+        t = self.REPEAT_FACTOR_THRESHOLD
+        if t is not None and (isinstance(t, bool) or not isinstance(t, numbers.Real) or
+                              not 0 < t <= 1):
+            self._fail("REPEAT_FACTOR_THRESHOLD", "must be None or a number in (0, 1]")
 
     def _validate_runtime(self):
         """Switches of how the graph runs: Winograd 3x3 convolutions, mixed precision."""

@@ -463,9 +463,28 @@ class SkipCounter(object):
 #  tf.data pipeline
 ############################################################
 
+def repeat_factors(dataset, threshold):
+    """LVIS repeat factors of a dataset's images (detectron2's RepeatFactorTrainingSampler
+    rule), float64 [num_images] >= 1 in ``dataset.image_ids`` order.
+
+    A class present in a fraction f of the images gets r_c = max(1, sqrt(threshold / f));
+    an image gets the largest r_c of its (non-crowd) classes, 1 without any. Classes come
+    from ``dataset.image_class_ids`` (annotation-only for COCO and VIA datasets).
+    """
+    per_image = [np.unique(dataset.image_class_ids(i)) for i in dataset.image_ids]
+    counts = np.zeros(max(dataset.num_classes, 1), np.float64)
+    for ids in per_image:
+        counts[ids] += 1
+    freq = counts / max(len(per_image), 1)
+    with np.errstate(divide="ignore"):
+        class_factor = np.maximum(1.0, np.sqrt(threshold / freq))
+    return np.array([class_factor[ids].max() if len(ids) else 1.0 for ids in per_image])
+
+
 def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
                   batch_size=None, no_augmentation_sources=None, on_error="raise",
-                  seed=None, skip_empty=True, skip_counter=None):
+                  seed=None, skip_empty=True, skip_counter=None,
+                  repeat_factor_threshold=None):
     """A tf.data.Dataset of training batches (dicts keyed by INPUT_NAMES).
 
     dataset: prepared utils.Dataset with dataset.num_classes == config.NUM_CLASSES.
@@ -482,6 +501,9 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
         randomness. Elements come in a fixed order when seed is set or shuffle=False.
     skip_counter: a SkipCounter to tally into (default: a new one). It is also attached to
         the returned dataset as ``.skip_counter``.
+    repeat_factor_threshold: None, or repeat-factor sampling (config.REPEAT_FACTOR_THRESHOLD;
+        see ``repeat_factors``): every pass takes each image floor(r) times and once more
+        with probability frac(r), in a new random order.
 
     Image size: batches need one shape, config.IMAGE_SHAPE. "square" and "crop" modes
     always give it; in "none"/"pad64" modes smaller images are zero-padded at the
@@ -500,8 +522,14 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
         counter.max_consecutive = max(2 * len(image_ids), 20)
     load = _example_loader(dataset, config, anchors, spec, augmentation, no_aug, on_error,
                            seed, skip_empty, counter)
+    factors = None
+    if repeat_factor_threshold:
+        factors = repeat_factors(dataset, repeat_factor_threshold)
+        logger.info("Repeat-factor sampling (threshold %g): %d images, %.1f per pass on "
+                    "average, largest factor %.2f", repeat_factor_threshold, len(factors),
+                    factors.sum(), factors.max(initial=1.0))
     ds = _batched_pipeline(image_ids, _tf_loader(load, spec), shuffle, repeat, seed,
-                           batch_size)
+                           batch_size, factors)
     ds.skip_counter = counter
     return ds
 
@@ -559,8 +587,31 @@ def _tf_loader(load, spec):
     return tf_load
 
 
-def _batched_pipeline(image_ids, tf_load, shuffle, repeat, seed, batch_size):
-    """The tf.data pipeline over image ids: order, parallel load, skip, batch, prefetch."""
+def _repeat_factor_ids(image_ids, factors, seed, repeat):
+    """tf.data of image ids drawn by repeat factors, pass after pass (one pass without
+    ``repeat``): each pass takes image i floor(r_i) times plus once with probability
+    frac(r_i) (stochastic rounding), shuffled; passes differ, a seed fixes them all."""
+    import tensorflow as tf
+
+    base = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+    ids = tf.constant(image_ids, tf.int64)
+    whole = tf.constant(np.floor(factors), tf.float32)
+    frac = tf.constant(factors - np.floor(factors), tf.float32)
+
+    def one_pass(i):
+        draw = tf.random.stateless_uniform(tf.shape(frac), seed=tf.stack([base, i]))
+        counts = tf.cast(whole + tf.cast(draw < frac, tf.float32), tf.int64)
+        chosen = tf.repeat(ids, counts)
+        keys = tf.random.stateless_uniform(tf.shape(chosen), seed=tf.stack([base + 1, i]))
+        return tf.data.Dataset.from_tensor_slices(tf.gather(chosen, tf.argsort(keys)))
+
+    passes = tf.data.Dataset.counter()
+    return (passes if repeat else passes.take(1)).flat_map(one_pass)
+
+
+def _batched_pipeline(image_ids, tf_load, shuffle, repeat, seed, batch_size, factors=None):
+    """The tf.data pipeline over image ids: order, parallel load, skip, batch, prefetch.
+    factors: repeat factors per image (repeat-factor sampling, which shuffles), or None."""
     import tensorflow as tf
 
     # Parallel loading, measured on this 2-core machine (shared, load average ~4; 256 px
@@ -572,11 +623,14 @@ def _batched_pipeline(image_ids, tf_load, shuffle, repeat, seed, batch_size):
     # tf.data was never slower than PyDataset, and adds static shapes, prefetch that
     # overlaps the train step and tf.distribute support, so it is the one used. With
     # more idle cores the parallel map scales where the numpy/OpenCV work drops the GIL.
-    ds = tf.data.Dataset.from_tensor_slices(image_ids)
-    if shuffle:
-        ds = ds.shuffle(len(image_ids), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
+    if factors is not None:
+        ds = _repeat_factor_ids(image_ids, factors, seed, repeat)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(image_ids)
+        if shuffle:
+            ds = ds.shuffle(len(image_ids), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
     ds = ds.enumerate()
     # Parallel loads may finish out of order; keep the order when it is meant to be
     # reproducible (seed) or fixed (no shuffling).

@@ -244,6 +244,13 @@ class Dataset(object):
             raise DatasetError("{}: image {} (id {!r}, path {!r}): {}".format(
                 type(self).__name__, image_id, info.get("id"), path, e)) from None
 
+    def image_class_ids(self, image_id):
+        """Internal class ids of the image's non-crowd instances, int32 [N] (repeat-factor
+        sampling counts them). This default loads the masks; datasets that hold their
+        annotations in image_info override it to skip the pixels."""
+        class_ids = np.asarray(self.load_mask(image_id)[1], dtype=np.int32)
+        return class_ids[class_ids > 0]
+
     def load_mask(self, image_id):
         """Instance masks of an image: (bool [H, W, N], int32 class_ids [N]).
 

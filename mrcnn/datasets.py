@@ -416,6 +416,17 @@ class CocoJsonDataset(_SkipBadMixin, Dataset):
         """Matterport/pycocotools name: annotation dict -> uint8 mask [H, W]."""
         return ann_to_mask(ann["segmentation"], height, width)
 
+    def image_class_ids(self, image_id):
+        """Internal class ids of the image's non-crowd annotations, from the JSON alone
+        (annotations too small to cover a pixel, which load_mask drops, are counted)."""
+        info = self.image_info[image_id]
+        if "annotations" not in info or "annotation_file" not in info:
+            return super().image_class_ids(image_id)
+        return np.array([self.map_source_class_id("{}.{}".format(info["source"],
+                                                                 a["category_id"]))
+                         for a in info["annotations"] if not a.get("iscrowd", 0)],
+                        dtype=np.int32)
+
     def load_mask(self, image_id):
         """Instance masks of image ``image_id`` (internal id; call prepare() first).
 
@@ -707,6 +718,14 @@ class ViaDataset(_SkipBadMixin, Dataset):
         if class_names is not None and value not in class_names:
             return None, "class {!r} not in class_names {}".format(value, list(class_names))
         return value, None
+
+    def image_class_ids(self, image_id):
+        """Internal class ids of the image's regions, from the JSON alone."""
+        info = self.image_info[image_id]
+        if "polygons" not in info:
+            return super().image_class_ids(image_id)
+        return np.array([self.map_source_class_id("{}.{}".format(info["source"], src_id))
+                         for src_id in info["polygon_class_ids"]], dtype=np.int32)
 
     def load_mask(self, image_id):
         """Rasterise the polygons of image ``image_id``: masks bool [H, W, N], class_ids

@@ -43,19 +43,21 @@ class LossLayer(keras.layers.Layer):
     """Computes one loss (``kind`` in rpn_class, rpn_bbox, mrcnn_class, mrcnn_bbox,
     mrcnn_mask) as a scalar output of the graph, named after the loss."""
 
-    def __init__(self, kind, **kwargs):
+    def __init__(self, kind, options=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         _register_stage_losses()
         if kind not in _LOSS_FUNCTIONS:
             raise ValueError("unknown loss kind {!r}".format(kind))
         self.kind = kind
+        # Keyword arguments of the loss function (e.g. class_weights); JSON-serialisable.
+        self.options = dict(options or {})
 
     def call(self, inputs):
         fn = _LOSS_FUNCTIONS[self.kind]
         if self.kind == "rpn_bbox":
-            return fn(None, *inputs)
-        return fn(*inputs)
+            return fn(None, *inputs, **self.options)
+        return fn(*inputs, **self.options)
 
     def compute_output_shape(self, input_shape):
         return ()
@@ -63,6 +65,7 @@ class LossLayer(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config["kind"] = self.kind
+        config["options"] = self.options
         return config
 
 

@@ -194,7 +194,9 @@ class MaskRCNN(object):
         train_ds, val_ds = self._input_pipelines(
             data, (train_dataset, dict(shuffle=True, augmentation=augmentation,
                                        no_augmentation_sources=no_augmentation_sources,
-                                       on_error=on_error)),
+                                       on_error=on_error,
+                                       repeat_factor_threshold=self.config
+                                       .REPEAT_FACTOR_THRESHOLD)),
             (val_dataset, dict(shuffle=True, on_error=on_error)))
         if is_chief(strategy) and not os.path.exists(self.log_dir):
             os.makedirs(self.log_dir)

@@ -647,7 +647,9 @@ def training_heads(config, proposals, image_meta, feature_maps, gt):
     for s in stages:
         _, target_class_ids, target_bbox, _ = s["targets"]
         sfx = s["spec"].loss_suffix
-        out["mrcnn_class_loss" + sfx] = LossLayer("mrcnn_class", name="mrcnn_class_loss" + sfx)(
+        out["mrcnn_class_loss" + sfx] = LossLayer(
+            "mrcnn_class", name="mrcnn_class_loss" + sfx,
+            options=dict(class_weights=config.CLASS_LOSS_WEIGHTS))(
             [target_class_ids, s["class_logits"], gt["active_class_ids"]])
         out["mrcnn_bbox_loss" + sfx] = LossLayer("mrcnn_bbox", name="mrcnn_bbox_loss" + sfx)(
             [target_bbox, target_class_ids, s["bbox"]])
@@ -909,19 +911,25 @@ def mask_head_graph(pooled, config, train_bn):
 ############################################################
 
 @register_loss("mrcnn_class")
-def mrcnn_class_loss_graph(target_class_ids, pred_class_logits, active_class_ids):
+def mrcnn_class_loss_graph(target_class_ids, pred_class_logits, active_class_ids,
+                           class_weights=None):
     """Box-head classifier loss.
 
     target_class_ids: [B, T] (0 = background or padding). pred_class_logits: [B, T, C].
     active_class_ids: [B, C] 1 for classes of the image's source dataset. Predictions of
     classes not in the image's source are not penalised (Matterport's rule).
+    class_weights: None or C weights (config.CLASS_LOSS_WEIGHTS): each ROI's cross-entropy
+    counts with the weight of its target class, and the loss is the weighted mean, so
+    equal weights give the unweighted loss; 0 when no ROI carries weight.
     """
     target_class_ids = tf.cast(target_class_ids, tf.int32)
     logits = tf.cast(pred_class_logits, tf.float32)
     pred_ids = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    pred_active = tf.gather(tf.cast(active_class_ids, tf.float32), pred_ids, batch_dims=1)
+    weight = tf.gather(tf.cast(active_class_ids, tf.float32), pred_ids, batch_dims=1)
+    if class_weights is not None:
+        weight = weight * tf.gather(tf.constant(class_weights, tf.float32), target_class_ids)
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target_class_ids, logits=logits)
-    return safe_mean(ce, pred_active)
+    return safe_mean(ce, weight)
 
 
 @register_loss("mrcnn_bbox")

@@ -159,6 +159,8 @@ def test_coco_json_classes_masks_rle_crowd(coco_files):
     assert class_ids.dtype == np.int32
     # Crowd annotation (iscrowd=1, dog) gets the negative class id.
     assert class_ids.tolist() == [1, 2, 1, -2]
+    # Repeat-factor sampling's classes come from the JSON alone, crowds left out.
+    assert ds.image_class_ids(0).tolist() == [1, 2, 1]
     assert_area_close(masks[..., 0], TRIANGLE[0::2], TRIANGLE[1::2])
     # Two polygon parts of one object merge into one mask: 15x15 + 15x10 pixels.
     assert masks[..., 1].sum() == 225 + 150
@@ -353,6 +355,7 @@ def test_via_formats_shapes_and_areas(tmp_path, fmt):
     masks, class_ids = ds.load_mask(0)
     assert masks.shape == (40, 60, 3) and masks.dtype == bool
     assert class_ids.tolist() == [1, 1, 1] and class_ids.dtype == np.int32
+    assert ds.image_class_ids(0).tolist() == [1, 1, 1]
     assert_area_close(masks[..., 0], [5, 30, 20], [5, 8, 30])
     assert masks[..., 1].sum() == 20 * 10  # rect: exactly its pixels
     assert masks[5:15, 35:55, 1].all()

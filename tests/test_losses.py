@@ -58,6 +58,33 @@ def test_mrcnn_class_loss_masks_inactive_predictions():
     assert got == pytest.approx((ce * w).sum() / w.sum(), rel=1e-5)
 
 
+def test_mrcnn_class_loss_with_class_weights_by_hand():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    target = np.array([[1, 0, 2, 1, 0], [2, 2, 0, 0, 1]], np.int32)
+    active = np.array([[1, 1, 1], [1, 1, 0]], np.float32)
+    weights = (0.5, 1.0, 4.0)
+
+    def loss(w):
+        return roi_heads.mrcnn_class_loss_graph(
+            tf.constant(target), tf.constant(logits), tf.constant(active),
+            class_weights=w).numpy()
+
+    ce = np_ce(logits, target)
+    pred_active = np.take_along_axis(active[:, None, :].repeat(5, 1),
+                                     logits.argmax(-1)[..., None], -1)[..., 0]
+    w = pred_active * np.asarray(weights)[target]
+    assert loss(weights) == pytest.approx((ce * w).sum() / w.sum(), rel=1e-5)
+    # Equal weights (any value) give the unweighted loss: the scale stays comparable.
+    assert loss((3.0, 3.0, 3.0)) == pytest.approx(loss(None), rel=1e-6)
+    assert loss(weights) != pytest.approx(loss(None), rel=1e-3)
+    # Nothing carries weight (only background ROIs, background weight 0): 0, not NaN.
+    only_bg = roi_heads.mrcnn_class_loss_graph(
+        tf.zeros_like(target), tf.constant(logits), tf.constant(active),
+        class_weights=(0.0, 1.0, 1.0)).numpy()
+    assert only_bg == 0.0
+
+
 def test_mrcnn_bbox_loss_per_class_and_class_agnostic():
     target = np.array([[[0.1, 0, 0, 0], [0, 0, 0, 0], [0, 2.0, 0, 0]]], np.float32)
     ids = np.array([[2, 0, 1]], np.int32)
