@@ -21,7 +21,7 @@ the nested layers by that prefix. Layers are matched by name at every nesting de
 Public names: ``load_weights_by_name``, ``LoadReport``, ``save_weights_h5``,
 ``read_weight_groups``, ``convert_keras_applications_resnet``,
 ``keras_applications_resnet_to_matterport_name``, ``imagenet_weights_path``,
-``download_imagenet_resnet50``,
+``download_imagenet_resnet50``, ``adapt_input_kernel``,
 ``IMAGENET_RESNET50_URL``, ``WeightsFileError``.
 """
 
@@ -62,7 +62,7 @@ __all__ = [
     "LoadReport", "WeightsFileError", "load_weights_by_name", "save_weights_h5",
     "read_weight_groups", "convert_keras_applications_resnet",
     "keras_applications_resnet_to_matterport_name", "imagenet_weights_path",
-    "download_imagenet_resnet50",
+    "download_imagenet_resnet50", "adapt_input_kernel",
     "IMAGENET_RESNET50_URL", "IMAGENET_RESNET50_MD5",
 ]
 
@@ -90,6 +90,9 @@ class LoadReport:
     skipped_incompatible: (layer, reason) for layers whose weight count differs from the
         file's (e.g. a conv with / without bias); left untouched.
     model_layers_not_in_file: model layers with weights that the file does not mention.
+    adapted_channels: (layer, weight_name, file_shape, model_shape) for image-input conv
+        kernels loaded into a model with another IMAGE_CHANNEL_COUNT (see
+        adapt_input_kernel); such layers are also in ``loaded``.
     """
     filepath: str = ""
     loaded: list = dataclasses.field(default_factory=list)
@@ -98,6 +101,7 @@ class LoadReport:
     skipped_shape_mismatch: list = dataclasses.field(default_factory=list)
     skipped_incompatible: list = dataclasses.field(default_factory=list)
     model_layers_not_in_file: list = dataclasses.field(default_factory=list)
+    adapted_channels: list = dataclasses.field(default_factory=list)
 
     def summary(self):
         """A human-readable multi-line account of the load."""
@@ -108,6 +112,10 @@ class LoadReport:
             more = "" if len(items) <= limit else ", ... ({} more)".format(len(items) - limit)
             return ", ".join(items[:limit]) + more
 
+        for layer, weight, fshape, mshape in self.adapted_channels:
+            lines.append("  {} {}: {}-channel file kernel adapted to {} input channels "
+                         "(mrcnn.weights.adapt_input_kernel)".format(
+                             layer, weight, fshape[2], mshape[2]))
         if self.skipped_excluded:
             lines.append("  excluded ({}): {}".format(len(self.skipped_excluded),
                                                       names(self.skipped_excluded)))
@@ -374,7 +382,9 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
     verbose: 0 silent, 1 print the summary, 2 also list the loaded layers.
 
     Every weight's shape is checked before anything is assigned; a layer with any
-    mismatch is skipped whole and left untouched. A non-numeric weight (string, opaque
+    mismatch is skipped whole and left untouched, except the image-input convolution
+    (IMAGE_INPUT_CONVS) of a model with IMAGE_CHANNEL_COUNT != 3 loading an RGB file: its
+    kernel is adapted by ``adapt_input_kernel`` and listed in ``report.adapted_channels``. A non-numeric weight (string, opaque
     bytes) raises WeightsFileError naming the file, weight and layer, before any assignment. All values are read from the file before
     the first assignment, so a read error never leaves a layer half loaded.
     Returns a LoadReport. Raises FileNotFoundError / WeightsFileError naming the file when
@@ -427,13 +437,58 @@ def _plan_load(root, units, by_name, patterns, report, filepath):
             continue
         layer_pairs, mismatches, reason = _check_unit_weights(
             root[unit.group], unit, by_name[unit.layer], filepath)
+        adapted = [m for m in mismatches if _channels_adaptable(*m)]
         if reason is not None:
             report.skipped_incompatible.append((unit.layer, reason))
-        elif mismatches:
+        elif len(adapted) < len(mismatches):
             report.skipped_shape_mismatch.extend(mismatches)
         else:
+            report.adapted_channels.extend(adapted)
             plan.append((unit, layer_pairs))
     return plan, in_file
+
+
+# Convolutions that read the image itself: the only kernels whose input-channel count
+# follows IMAGE_CHANNEL_COUNT (every backbone names its stem convolution conv1).
+IMAGE_INPUT_CONVS = ("conv1",)
+
+
+def _channels_adaptable(layer, weight_name, fshape, mshape):
+    """True for an image-input conv kernel that differs from the file only in its number
+    of input channels (the file's being RGB)."""
+    return (layer in IMAGE_INPUT_CONVS and len(fshape) == 4 and len(mshape) == 4 and
+            fshape[2] == 3 and fshape[:2] == mshape[:2] and fshape[3] == mshape[3])
+
+
+def adapt_input_kernel(kernel, channels):
+    """An RGB convolution kernel for an image of ``channels`` planes.
+
+    kernel: [kh, kw, 3, filters] trained on RGB images (planes in R, G, B order, mean
+    subtracted). Returns [kh, kw, channels, filters] float32:
+      * channels > 3: the first three planes keep the RGB kernels unchanged, and every
+        extra plane gets the mean of the RGB kernels divided by the number of extra
+        planes, so the extra planes together start as heavy as one colour plane. An
+        extra plane equal to its MEAN_PIXEL (0 after mean subtraction) therefore leaves
+        the RGB response exactly as it was, and gradients reach the new planes at once.
+      * channels < 3: each plane gets the sum of the RGB kernels divided by ``channels``;
+        for one plane (grayscale) the response to a gray image equals the RGB model's
+        response to that image replicated into R, G and B.
+    """
+    kernel = np.asarray(kernel, dtype=np.float32)
+    if kernel.ndim != 4 or kernel.shape[2] != 3:
+        raise ValueError("adapt_input_kernel: kernel must be [kh, kw, 3, filters], got "
+                         "{}".format(kernel.shape))
+    channels = int(channels)
+    if channels < 1:
+        raise ValueError("adapt_input_kernel: channels must be >= 1, got {}".format(
+            channels))
+    if channels == 3:
+        return kernel
+    if channels < 3:
+        plane = kernel.sum(axis=2, keepdims=True) / channels
+        return np.repeat(plane, channels, axis=2)
+    extra = kernel.mean(axis=2, keepdims=True) / (channels - 3)
+    return np.concatenate([kernel, np.repeat(extra, channels - 3, axis=2)], axis=2)
 
 
 def _check_unit_weights(group, unit, layers, filepath):
@@ -467,11 +522,18 @@ def _read_planned_values(root, plan, filepath):
     for unit, pairs in plan:
         group = root[unit.group]
         try:
-            values.append([(var, group[wn][()]) for wn, var in pairs])
+            values.append([(var, _fit_to(group[wn][()], var)) for wn, var in pairs])
         except Exception as err:
             raise WeightsFileError("{}: cannot read weights of layer '{}': {}".format(
                 filepath, unit.layer, err)) from err
     return values
+
+
+def _fit_to(value, var):
+    """The file's value, its input channels adapted when _plan_load allowed that."""
+    if tuple(value.shape) != tuple(var.shape):
+        return adapt_input_kernel(value, var.shape[2])
+    return value
 
 
 def _nothing_loaded_error(report, filepath):
@@ -493,7 +555,11 @@ def _announce_load(report, verbose, filepath):
         if verbose > 1:
             for name in report.loaded:
                 print("    loaded", name)
-    elif report.skipped_shape_mismatch:
+    if report.adapted_channels and not verbose:
+        logger.warning("%s: %s", filepath, "; ".join(
+            "{} kernel adapted from 3 to {} input channels".format(layer, mshape[2])
+            for layer, _, _, mshape in report.adapted_channels))
+    if report.skipped_shape_mismatch and not verbose:
         # Matterport raised here; these layers keep their initial values, so say so
         # even when quiet (a new class count without exclude=[...] lands here).
         mismatched = sorted({m[0] for m in report.skipped_shape_mismatch})
