@@ -11,7 +11,7 @@ import numbers
 
 import numpy as np
 
-from mrcnn.preprocess import RESIZE_MODES, image_meta_size
+from mrcnn.preprocess import RESIZE_MODES, check_bit_depth, image_meta_size
 
 
 class ConfigError(ValueError):
@@ -104,6 +104,11 @@ class Config(object):
     IMAGE_MIN_SCALE = 0
     IMAGE_CHANNEL_COUNT = 3
     MEAN_PIXEL = np.array([123.7, 116.8, 103.9])
+    # How images wider than 8 bits (12/14/16-bit microscopy, int32) and floats become
+    # uint8, in training and detect() alike (mrcnn.preprocess.image_to_uint8): "auto" =
+    # by each image's effective bit depth (8, 10, 12, 14, 16 ...), warning when it
+    # guesses; an int N = fixed N-bit data; "range" / "percentile" = per-image stretch.
+    IMAGE_BIT_DEPTH = "auto"
 
     # ROIs sampled per image for the box/mask heads and the fraction that is positive.
     TRAIN_ROIS_PER_IMAGE = 200
@@ -375,6 +380,10 @@ class Config(object):
                 self.IMAGE_MAX_DIM))
         if not isinstance(self.IMAGE_MIN_SCALE, numbers.Real) or self.IMAGE_MIN_SCALE < 0:
             self._fail("IMAGE_MIN_SCALE", "must be a number >= 0")
+        try:
+            check_bit_depth(self.IMAGE_BIT_DEPTH)
+        except ValueError as e:
+            self._fail("IMAGE_BIT_DEPTH", str(e).split(" ", 1)[1])
         if self.MEAN_PIXEL.shape != (self.IMAGE_CHANNEL_COUNT,):
             self._fail("MEAN_PIXEL", "must have IMAGE_CHANNEL_COUNT ({}) values".format(
                 self.IMAGE_CHANNEL_COUNT))

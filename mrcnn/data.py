@@ -26,7 +26,7 @@ import numpy as np
 from mrcnn import utils
 from mrcnn.rpn import build_rpn_targets, get_anchors, random_subset
 from mrcnn.augment import AugmentationError, augment_image_and_masks
-from mrcnn.preprocess import compose_image_meta, mold_image
+from mrcnn.preprocess import compose_image_meta, image_to_uint8, mold_image
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ def _checked_image(image, config, what):
     if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
         # A NaN / inf pixel would only surface later as a non-finite loss.
         raise ImageError("{}: image contains NaN or infinite values".format(what))
-    return image
+    # Raw arrays of a custom load_image: the same 8-bit rule as detect() applies.
+    return image_to_uint8(image, config.IMAGE_BIT_DEPTH, what)
 
 
 def _checked_annotations(mask, class_ids, image_shape, num_classes, what):
@@ -401,6 +402,15 @@ def check_dataset(dataset, name="dataset", config=None):
     if config is not None and dataset.num_classes != config.NUM_CLASSES:
         raise DatasetError("{} has {} classes (BG included) but config.NUM_CLASSES is "
                            "{}".format(name, dataset.num_classes, config.NUM_CLASSES))
+    if config is not None:
+        adopt_bit_depth(dataset, config)
+
+
+def adopt_bit_depth(dataset, config):
+    """Let a Dataset whose image_bit_depth is None read images by the config's
+    IMAGE_BIT_DEPTH, so training, evaluation and detect() share one rule."""
+    if getattr(dataset, "image_bit_depth", "unset") is None:
+        dataset._config_bit_depth = config.IMAGE_BIT_DEPTH
 
 
 class SkipCounter(object):

@@ -8,7 +8,9 @@ scikit-image) reads into uint8 RGB; errors name the image id and path (DatasetEr
 
 import importlib.util
 import logging
+import os
 import sys
+import warnings
 
 import numpy as np
 import skimage.io
@@ -33,6 +35,16 @@ _fail_absent_optional_imports_fast()
 logger = logging.getLogger(__name__)
 
 
+class ExifWarning(UserWarning):
+    """An image carries an EXIF orientation that is not applied."""
+
+
+_ORIENTATION_NAMES = {1: "normal", 2: "mirrored", 3: "rotated 180", 4: "flipped",
+                      5: "mirrored, rotated 90 counter-clockwise", 6: "rotated 90 clockwise",
+                      7: "mirrored, rotated 90 clockwise",
+                      8: "rotated 90 counter-clockwise"}
+
+
 class DatasetError(ValueError):
     """A dataset cannot be used: unreadable image, no classes, no images, bad ids.
 
@@ -41,13 +53,15 @@ class DatasetError(ValueError):
     """
 
 
-def _image_to_uint8_rgb(image):
+def _image_to_uint8_rgb(image, bit_depth="auto", name="image"):
     """Turn a decoded image array into uint8 RGB [H, W, 3].
 
     Grayscale -> 3 equal channels; an alpha channel is dropped (not composited, as
-    Matterport); 16-bit integer data is scaled by 255/65535; floats in [0, 1] are scaled
-    by 255, other floats are clipped to [0, 255].
+    Matterport); pixels wider than 8 bits and floats become uint8 by
+    mrcnn.preprocess.image_to_uint8's rule ``bit_depth``.
     """
+    from mrcnn.preprocess import image_to_uint8
+
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
@@ -58,29 +72,26 @@ def _image_to_uint8_rgb(image):
     if image.shape[-1] == 2:  # gray + alpha
         image = np.stack([image[..., 0]] * 3, axis=-1)
     image = image[..., :3]
-    if image.dtype == np.uint8:
-        return np.ascontiguousarray(image)
-    if image.dtype == np.bool_:
-        return image.astype(np.uint8) * 255
-    if image.dtype.kind in "ui":
-        if image.dtype.itemsize == 1:  # int8
-            return np.clip(image, 0, 255).astype(np.uint8)
-        # 16-bit (or wider) integer data: map the full 16-bit range onto 8 bits.
-        image = np.clip(image.astype(np.float64), 0, 65535) / 257.0
-        return np.round(image).astype(np.uint8)
-    if image.dtype.kind == "f":
-        image = image.astype(np.float64)
-        if np.nanmax(image, initial=0) <= 1.0:
-            image = image * 255.0
-        return np.round(np.clip(np.nan_to_num(image), 0, 255)).astype(np.uint8)
-    raise ValueError("unsupported image dtype {}".format(image.dtype))
+    if image.dtype.kind == "i" and image.dtype.itemsize == 1:   # int8: no 8-bit rescale
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image_to_uint8(image, bit_depth, name))
 
 
-def _read_with_pil(path):
-    from PIL import Image
+def _read_with_pil(path, apply_exif=False):
+    """Decode an image file with Pillow -> numpy array (see _read_oriented)."""
+    return _read_oriented(path, apply_exif)[0]
+
+
+def _read_oriented(path, apply_exif=False):
+    """Decode an image file with Pillow: (array, EXIF orientation 1..8 or 1 if absent).
+    With ``apply_exif`` the pixels are turned as the orientation tag says."""
+    from PIL import Image, ImageOps
     with Image.open(path) as img:
         img.seek(0)  # first frame of multi-frame files
         img.load()  # decode now so truncated files fail here
+        orientation = _orientation_of(img)
+        if apply_exif and orientation != 1:
+            img = ImageOps.exif_transpose(img)
         mode = img.mode
         if mode in ("P", "PA"):
             img = img.convert("RGBA")  # palette (with or without transparency) -> colours
@@ -88,7 +99,29 @@ def _read_with_pil(path):
             img = img.convert("L")
         elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
             img = img.convert("RGB")
-        return np.array(img)
+        return np.array(img), orientation
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _orientation_of(img):
+    """The EXIF orientation tag of an open PIL image (1 = normal, also when absent)."""
+    try:
+        value = int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:   # a broken EXIF block is no reason to refuse the pixels
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def exif_orientation(path):
+    """EXIF orientation (1..8; 1 = normal or no tag) of an image file, from its header."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            return _orientation_of(img)
+    except Exception:
+        return 1
 
 
 class Dataset(object):
@@ -214,8 +247,9 @@ class Dataset(object):
     def load_image(self, image_id):
         """Read an image as uint8 RGB [H, W, 3].
 
-        Grayscale becomes 3 equal channels, alpha is dropped, 16-bit data is scaled to
-        8 bits, palette / CMYK images are converted to RGB. The format is detected from
+        Grayscale becomes 3 equal channels, alpha is dropped, data wider than 8 bits and
+        floats become 8 bits by ``bit_depth_rule()`` (mrcnn.preprocess.image_to_uint8),
+        palette / CMYK images are converted to RGB. The format is detected from
         the file's content, not its extension; EXIF orientation is not applied
         (annotations refer to the stored pixel grid). Raises DatasetError naming the image
         id and path when the file is missing, empty, truncated or not an image.
@@ -226,8 +260,12 @@ class Dataset(object):
             raise DatasetError("{}: no image with id {!r} ({} images)".format(
                 type(self).__name__, image_id, len(self.image_info))) from None
         path = info["path"]
+        what = "{} image {} (id {!r}, path {!r})".format(type(self).__name__, image_id,
+                                                       info.get("id"), path)
         try:
-            image = _read_with_pil(path)
+            image, orientation = _read_oriented(path, self.apply_exif_orientation)
+            if orientation != 1 and not self.apply_exif_orientation:
+                self._note_exif(image_id, orientation, what)
         except Exception as pil_error:
             # PIL cannot read everything skimage can (URLs, some TIFFs): try it too.
             try:
@@ -239,10 +277,66 @@ class Dataset(object):
                                                    type(pil_error).__name__,
                                                    pil_error)) from pil_error
         try:
-            return _image_to_uint8_rgb(image)
+            return _image_to_uint8_rgb(image, self.bit_depth_rule(), what)
         except ValueError as e:
-            raise DatasetError("{}: image {} (id {!r}, path {!r}): {}".format(
-                type(self).__name__, image_id, info.get("id"), path, e)) from None
+            message = str(e) if str(e).startswith(what) else "{}: {}".format(what, e)
+            raise DatasetError(message) from None
+
+    # EXIF orientation (phone photos): False keeps the stored pixel grid, as Matterport
+    # (annotations made on it stay right); True turns the pixels as the tag says, for
+    # annotations made on the displayed photo. Either way images whose tag is not
+    # "normal" are collected in exif_oriented and named in one warning per dataset.
+    apply_exif_orientation = False
+
+    def _note_exif(self, image_id, orientation, what):
+        """Record an image whose EXIF orientation is ignored; warn the first time."""
+        if not hasattr(self, "exif_oriented"):
+            self.exif_oriented = {}
+        first = not self.exif_oriented
+        self.exif_oriented[image_id] = orientation
+        if first:
+            warnings.warn(ExifWarning(
+                "{} has EXIF orientation {} ({}), which is ignored: its pixels are read "
+                "as stored. If it was annotated as displayed (rotated), set "
+                "apply_exif_orientation = True on the dataset. Further such images are "
+                "listed in dataset.exif_oriented, or all at once by "
+                "dataset.check_exif().".format(what, orientation,
+                                               _ORIENTATION_NAMES[orientation])))
+
+    def check_exif(self, image_ids=None):
+        """Read the EXIF orientation of the images' files (headers only) and warn once,
+        naming every image whose orientation is not "normal" (when it is not applied).
+        Returns {image_id: orientation} of those images."""
+        found = {}
+        for image_id in (self.image_ids if image_ids is None else image_ids):
+            path = self.image_info[image_id].get("path")
+            if isinstance(path, str) and os.path.isfile(path):
+                orientation = exif_orientation(path)
+                if orientation != 1:
+                    found[int(image_id)] = orientation
+        if found and not self.apply_exif_orientation:
+            self.exif_oriented = dict(getattr(self, "exif_oriented", {}))
+            self.exif_oriented.update(found)
+            names = ["{} ({})".format(self.image_info[i]["path"], o)
+                     for i, o in sorted(found.items())]
+            warnings.warn(ExifWarning(
+                "{}: {} image(s) have an EXIF orientation other than normal, which is "
+                "ignored (pixels read as stored; set apply_exif_orientation = True if "
+                "they were annotated as displayed): {}".format(
+                    type(self).__name__, len(found), ", ".join(names[:20]) +
+                    (", ..." if len(names) > 20 else ""))))
+        return found
+
+    # How load_image maps pixels wider than 8 bits (and floats) to uint8, a rule of
+    # mrcnn.preprocess.image_to_uint8. None: the IMAGE_BIT_DEPTH of the config a model
+    # trains or evaluates this dataset with ("auto" before that).
+    image_bit_depth = None
+
+    def bit_depth_rule(self):
+        """The image_to_uint8 rule load_image applies (see image_bit_depth)."""
+        if self.image_bit_depth is not None:
+            return self.image_bit_depth
+        return getattr(self, "_config_bit_depth", None) or "auto"
 
     def image_class_ids(self, image_id):
         """Internal class ids of the image's non-crowd instances, int32 [N] (repeat-factor

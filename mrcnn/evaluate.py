@@ -454,7 +454,10 @@ def evaluate_coco(model, dataset, image_ids=None, iou_types=IOU_TYPES, limit=Non
     (utils.compute_ap mAP@0.5 on masks, crowds excluded, averaged over the images that have
     ground truth; NaN if none has), "num_images", "num_detections", "detect_seconds_per_image".
     """
+    from mrcnn.data import adopt_bit_depth
+
     config = model.config
+    adopt_bit_depth(dataset, config)
     batch_size = int(batch_size or config.BATCH_SIZE)
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1, got {}".format(batch_size))

@@ -286,7 +286,8 @@ class MaskRCNN(object):
 
     def mold_inputs(self, images):
         """Matterport's mold_inputs: (molded_images, image_metas, windows)."""
-        return mold_inputs(check_images(images, self.config.IMAGE_CHANNEL_COUNT), self.config)
+        c = self.config
+        return mold_inputs(check_images(images, c.IMAGE_CHANNEL_COUNT, c.IMAGE_BIT_DEPTH), c)
 
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
                           window):
@@ -307,7 +308,8 @@ class MaskRCNN(object):
         """
         if self.mode != "inference":
             raise RuntimeError("Create the model in inference mode to detect")
-        images = check_images(images, self.config.IMAGE_CHANNEL_COUNT)
+        images = check_images(images, self.config.IMAGE_CHANNEL_COUNT,
+                              self.config.IMAGE_BIT_DEPTH)
         if verbose:
             print("Processing {} images".format(len(images)))
         results = []

@@ -26,6 +26,7 @@ input pipeline's workers).
 """
 
 import random
+import warnings
 
 import numpy as np
 import skimage.transform
@@ -251,25 +252,108 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
 #  Inputs of detect() (numpy)
 ############################################################
 
-def _to_uint8(image):
-    """One image's pixels (any real dtype) as uint8: floats in [0, 1] are scaled by 255,
-    other floats rounded and clipped, uint16 scaled to 8 bit, bool -> 0 / 255."""
-    if image.dtype.kind == "f":
-        if not np.all(np.isfinite(image)):
-            raise ValueError("contains NaN or infinite values")
-        if image.max(initial=0) <= 1.0 and image.min(initial=0) >= 0.0:
-            image = image * 255.0
-        return np.clip(np.round(image), 0, 255).astype(np.uint8)
-    if image.dtype == np.uint16:
-        return (image // 257).astype(np.uint8)
+class BitDepthWarning(UserWarning):
+    """An image's pixel range was guessed when converting it to 8 bits (IMAGE_BIT_DEPTH)."""
+
+
+# The effective bit depths "auto" chooses between for integer data (camera ADCs).
+_AUTO_DEPTHS = (8, 10, 12, 14, 16, 24, 32)
+BIT_DEPTH_RULES = ("auto", "range", "percentile")
+_WARN_LIMIT = 5
+_warned = {"count": 0}
+
+
+def _guess_warning(name, message):
+    """Warn for the first _WARN_LIMIT guesses of a process, then once that others follow."""
+    _warned["count"] += 1
+    if _warned["count"] <= _WARN_LIMIT:
+        warnings.warn("{}: {}; set IMAGE_BIT_DEPTH (Config) / image_bit_depth (Dataset) "
+                      "to choose the rule".format(name, message), BitDepthWarning,
+                      stacklevel=3)
+    elif _warned["count"] == _WARN_LIMIT + 1:
+        warnings.warn("further images' bit depths are guessed without a warning",
+                      BitDepthWarning, stacklevel=3)
+
+
+def _stretch(image, low, high):
+    """Map [low, high] linearly onto [0, 255], clipped, as uint8."""
+    image = image.astype(np.float64)
+    scale = 255.0 / (high - low) if high > low else 0.0
+    return np.clip(np.round((image - low) * scale), 0, 255).astype(np.uint8)
+
+
+def _auto_to_uint8(image, name):
+    """IMAGE_BIT_DEPTH "auto" for anything but uint8 / bool (see image_to_uint8)."""
+    low, high = float(image.min()), float(image.max())
+    if image.dtype.kind in "ui" and low >= 0:
+        depth = next((d for d in _AUTO_DEPTHS if high < 2 ** d), 64)
+        if depth < 8 * image.dtype.itemsize and depth > 8:
+            _guess_warning(name, "{} data with values up to {:g} taken as {}-bit".format(
+                image.dtype, high, depth))
+        return _stretch(image, 0.0, 2.0 ** depth - 1)
+    if image.dtype.kind == "f" and low >= 0 and high <= 1.0:
+        return _stretch(image, 0.0, 1.0)
+    if image.dtype.kind == "f" and low >= 0 and high <= 255.0:
+        return _stretch(image, 0.0, 255.0)
+    _guess_warning(name, "{} data in [{:g}, {:g}] stretched from its own range to "
+                         "0..255".format(image.dtype, low, high))
+    return _stretch(image, low, high)
+
+
+def image_to_uint8(image, bit_depth="auto", name="image"):
+    """One image's pixels as uint8, by the rule ``bit_depth`` (Config.IMAGE_BIT_DEPTH).
+
+    image: [H, W] or [H, W, C] of any real dtype (NaN / inf refused). uint8 is returned
+    unchanged and bool becomes 0 / 255 under every rule. Otherwise:
+      "auto" (default): integers are scaled by 255 / (2^b - 1), b the image's effective
+        bit depth: the smallest of 8, 10, 12, 14, 16, 24, 32 that holds its maximum. So
+        12-bit camera data in 16-bit files uses its whole range, and a 16-bit image whose
+        values stay below 256 passes unchanged (as in Matterport). Floats in [0, 1] are
+        scaled by 255, floats in [0, 255] kept; anything else (negative values, floats
+        above 255) is stretched from its own min..max. A BitDepthWarning names the image
+        whenever the rule guesses (a depth below the dtype's width, or a stretch).
+      an integer N (8..32): values are N-bit data, scaled by 255 / (2^N - 1) and clipped;
+        the same scale for every image (a fixed camera depth).
+      "range": the image's own min..max stretched to 0..255.
+      "percentile": its 0.5th..99.5th percentiles stretched to 0..255, clipped (robust to
+        hot pixels).
+    The same rule runs in training (data.load_image_gt, Dataset.load_image) and in
+    detect(); exported models take uint8, converted by this function on the client.
+    """
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
     if image.dtype == bool:
         return image.astype(np.uint8) * 255
-    if image.dtype != np.uint8:
-        return np.clip(image, 0, 255).astype(np.uint8)
-    return image
+    if image.dtype.kind not in "uif":
+        raise ValueError("{}: dtype {} is not a pixel type".format(name, image.dtype))
+    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
+        raise ValueError("{} contains NaN or infinite values".format(name))
+    if image.size == 0:
+        return image.astype(np.uint8)
+    check_bit_depth(bit_depth)
+    if bit_depth == "auto":
+        return _auto_to_uint8(image, name)
+    if bit_depth == "range":
+        return _stretch(image, float(image.min()), float(image.max()))
+    if bit_depth == "percentile":
+        low, high = np.percentile(image, [0.5, 99.5])
+        return _stretch(image, float(low), float(high))
+    return _stretch(image, 0.0, 2.0 ** int(bit_depth) - 1)
 
 
-def _check_image(i, image, channels):
+def check_bit_depth(bit_depth, what="IMAGE_BIT_DEPTH"):
+    """Raise ValueError naming ``what`` unless bit_depth is a rule image_to_uint8 knows."""
+    if bit_depth in BIT_DEPTH_RULES:
+        return
+    if isinstance(bit_depth, (int, np.integer)) and not isinstance(bit_depth, bool) and \
+            8 <= bit_depth <= 32:
+        return
+    raise ValueError("{} must be one of {} or an integer from 8 to 32, got {!r}".format(
+        what, BIT_DEPTH_RULES, bit_depth))
+
+
+def _check_image(i, image, channels, bit_depth="auto"):
     """One image of check_images -> uint8 [H, W, channels]; ValueError naming image i."""
     try:
         image = np.asarray(image)
@@ -283,10 +367,7 @@ def _check_image(i, image, channels):
     if image.ndim != 3:
         raise ValueError("image {} has shape {}: expected [H, W] or [H, W, C]".format(
             i, image.shape))
-    try:
-        image = _to_uint8(image)
-    except ValueError as e:
-        raise ValueError("image {} {}".format(i, e)) from None
+    image = image_to_uint8(image, bit_depth, name="image {}".format(i))
     c = image.shape[-1]
     if c == 1 and channels == 3:
         image = np.repeat(image, 3, axis=-1)
@@ -300,12 +381,12 @@ def _check_image(i, image, channels):
     return np.ascontiguousarray(image)
 
 
-def check_images(images, channels=3):
+def check_images(images, channels=3, bit_depth="auto"):
     """Validate and convert the images given to detect(), before any TensorFlow code runs.
 
     images: a list/tuple of arrays [H, W] (grayscale), [H, W, 1|3|4], uint8/uint16/float;
-    or one array [N, H, W, C]. Floats are taken as 0-255 values, except when all values
-    lie in [0, 1], which are scaled by 255. uint16 is scaled to 8 bit. RGBA drops alpha.
+    or one array [N, H, W, C]. Pixels become uint8 by image_to_uint8's rule ``bit_depth``
+    (config.IMAGE_BIT_DEPTH). RGBA drops alpha.
     Returns a list of uint8 arrays [H, W, channels]; raises a clear error otherwise.
     """
     if isinstance(images, np.ndarray):
@@ -319,7 +400,7 @@ def check_images(images, channels=3):
         raise TypeError("detect() takes a list of images, got {}".format(type(images)))
     if len(images) == 0:
         raise ValueError("detect() was given an empty list of images")
-    return [_check_image(i, image, channels) for i, image in enumerate(images)]
+    return [_check_image(i, image, channels, bit_depth) for i, image in enumerate(images)]
 
 
 def _resize_for_network(i, image, config):
