@@ -130,8 +130,14 @@ def parse_image_meta_graph(meta):
 ############################################################
 
 def mold_image(images, config):
-    """Subtract the mean pixel. images: [..., C] uint8 or float -> float32."""
-    return images.astype(np.float32) - np.asarray(config.MEAN_PIXEL, dtype=np.float32)
+    """Subtract the mean pixel. images: [..., C] uint8 or float -> float32.
+
+    Subtracted in float64 and rounded once to float32, as Matterport's (float32 image
+    minus a float64 MEAN_PIXEL): a float32 subtraction differs in the last bits and adds
+    near-ties between RPN scores of its own."""
+    molded = np.asarray(images).astype(np.float64) - np.asarray(config.MEAN_PIXEL,
+                                                                 dtype=np.float64)
+    return molded.astype(np.float32)
 
 
 def unmold_image(normalized_images, config):
@@ -686,8 +692,9 @@ def mold_images_graph(images, config):
     resized = resize_images_graph(images, new_h, new_w)
     top, bottom, left, right = _padding_graph(new_h, new_w, config)
     resized = tf.pad(resized, [[0, 0], [top, bottom], [left, right], [0, 0]])
-    molded = tf.cast(resized, tf.float32) - tf.constant(
-        np.asarray(config.MEAN_PIXEL, np.float32))
+    # float64 then float32, as mold_image.
+    molded = tf.cast(tf.cast(resized, tf.float64) - tf.constant(
+        np.asarray(config.MEAN_PIXEL, np.float64)), tf.float32)
     # As mold_inputs: the frame rounded up to a multiple of 64 by zeros after molding,
     # bottom/right (only "none" mode needs it).
     padded_h, padded_w = top + new_h + bottom, left + new_w + right

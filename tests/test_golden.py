@@ -201,7 +201,10 @@ def test_golden_training_losses(golden, kind, tmp_path):
     rebuilt = training_batch(config)
     assert sorted(rebuilt) == sorted(batch)
     for k in batch:
-        np.testing.assert_allclose(rebuilt[k], batch[k], atol=1e-6, err_msg=k)
+        # Molding subtracts the mean in float64 (as Matterport) since the golden file was
+        # written in float32: images may differ by one float32 ulp (7.6e-6 at 100-255).
+        atol = 2e-5 if k == "input_image" else 1e-6
+        np.testing.assert_allclose(rebuilt[k], batch[k], atol=atol, err_msg=k)
     # ... and the graph computes the same losses from it.
     got = training_losses(kind, str(tmp_path), batch)
     want = {k: v for k, v in golden.items()
