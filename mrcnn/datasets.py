@@ -4,8 +4,12 @@
 * ``ViaDataset``: VGG Image Annotator polygon JSON (VIA 1.x, 2.x and VIA 2 project files).
 * ``NucleusDataset``: the DSB2018 layout, one folder per image with ``images/<id>.png``
   and ``masks/*.png`` (one binary PNG per instance).
+* ``LabelmeDataset``: labelme JSONs, one per image (polygon, rectangle, circle shapes;
+  the image file or the embedded imageData).
+* ``load_annotated(path)``: any of these, the format detected from the path
+  (``detect_format``), prepared; what ``python -m mrcnn train`` uses.
 
-All three follow Matterport's conventions: register classes with ``add_class``, images
+All follow Matterport's conventions: register classes with ``add_class``, images
 with ``add_image``, call ``prepare()``, then ``load_mask(image_id)`` returns
 ``(masks bool [H, W, N], class_ids int32 [N])`` with internal (contiguous) class ids.
 Instances whose mask has no pixel are dropped, as Matterport does; crowd annotations get a
@@ -123,11 +127,11 @@ class _SkipBadMixin(object):
         if not hasattr(self, "skipped"):
             self.skipped = []
 
-    def _bad(self, skip_bad, file, entry, reason):
-        """Raise DatasetError for a bad entry, or record it when skip_bad."""
+    def _bad(self, skip_bad, file, entry, reason, error=DatasetError):
+        """Raise ``error`` (a DatasetError) for a bad entry, or record it when skip_bad."""
         self._init_skipped()
         if not skip_bad:
-            raise DatasetError("{}: {}: {} (pass skip_bad=True to skip bad entries)".format(
+            raise error("{}: {}: {} (pass skip_bad=True to skip bad entries)".format(
                 file, entry, reason))
         self.skipped.append((file, entry, reason))
 
@@ -136,11 +140,14 @@ class _SkipBadMixin(object):
         self._init_skipped()
         self.skipped.append((file, entry, reason))
 
-    def _warn_skipped(self, file, start):
+    def _warn_skipped(self, file, start, with_file=False):
+        """One warning for the entries skipped since ``start``; ``with_file`` names each
+        entry's file too (loaders reading many files, such as labelme folders)."""
         new = self.skipped[start:]
         if not new:
             return
-        first = "; ".join("{}: {}".format(e, r) for _, e, r in new[:3])
+        first = "; ".join(("{0}: {1}: {2}" if with_file else "{1}: {2}").format(
+            os.path.basename(f), e, r) for f, e, r in new[:3])
         warnings.warn("{}: skipped {} bad entr{} ({}{}); see dataset.skipped".format(
             file, len(new), "y" if len(new) == 1 else "ies", first,
             "; ..." if len(new) > 3 else ""), DatasetWarning, stacklevel=3)
@@ -807,12 +814,12 @@ class NucleusDataset(_SkipBadMixin, Dataset):
         self._mask_cache = {}
 
     def load_nucleus(self, dataset_dir, subset_ids=None, skip_bad=False, source="nucleus",
-                     cache_masks=False):
+                     cache_masks=False, class_name="nucleus"):
         """Register the images of ``dataset_dir`` (all, or only ``subset_ids``).
 
         Each image is added with ``id`` = the folder name, ``path`` = images/<id>.png,
         ``mask_dir`` = <id>/masks (may be absent for test images), ``height``, ``width``.
-        A requested id without its image file is a bad entry.
+        A requested id without its image file is a bad entry. class_name: the one class.
         cache_masks: keep each image's masks in memory after the first load_mask, as
         bounding-box crops (a few KB per nucleus): decoding a hundred mask PNGs per image
         at every epoch otherwise costs more CPU than a training step on small crops.
@@ -826,7 +833,7 @@ class NucleusDataset(_SkipBadMixin, Dataset):
                          and os.path.isdir(os.path.join(dataset_dir, d)))
         else:
             ids = list(subset_ids)
-        self.add_class(source, 1, "nucleus")
+        self.add_class(source, 1, class_name)
         for image_id in ids:
             path = os.path.join(dataset_dir, image_id, "images", image_id + ".png")
             if not os.path.isfile(path):
@@ -887,3 +894,512 @@ class NucleusDataset(_SkipBadMixin, Dataset):
         if "mask_dir" in info:
             return info["id"]
         return super().image_reference(image_id)
+
+
+# ---------------------------------------------------------------------------- labelme
+
+# labelme shape types that enclose an area; the others (line, linestrip, point, ...) are
+# dropped with a warning.
+LABELME_AREA_SHAPES = ("polygon", "rectangle", "circle")
+
+
+def labelme_json_files(path):
+    """The labelme JSON files of ``path``: a folder (its *.json, sorted, not recursive),
+    one JSON file, or a list of files. Raises MissingFileError naming a missing path."""
+    if isinstance(path, (list, tuple)):
+        files = [str(p) for p in path]
+    elif os.path.isdir(path):
+        files = [os.path.join(path, f) for f in sorted(os.listdir(path))
+                 if f.lower().endswith(".json") and not f.startswith(".")]
+        if not files:
+            raise MissingFileError("labelme folder has no .json file: {}".format(path))
+    else:
+        files = [str(path)]
+    for f in files:
+        if not os.path.isfile(f):
+            raise MissingFileError("labelme JSON file not found: {}".format(f))
+    return files
+
+
+def _labelme_geometry(kind, points):
+    """A labelme shape -> (geometry dict, None) or (None, reason).
+
+    Geometries: polygon {points [[x, y], ...]}, rectangle {box [x1, y1, x2, y2]}, circle
+    {center [x, y], radius}. reason starts with "drop:" for shapes that never enclose an
+    area (dropped whatever skip_bad says, as VIA point regions).
+    """
+    if kind not in LABELME_AREA_SHAPES:
+        return None, "drop: {} shape is not an area (only {} are used)".format(
+            kind, ", ".join(LABELME_AREA_SHAPES))
+    try:
+        pts = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None, "{} points are not numbers: {!r}".format(kind, points)
+    if pts.ndim != 2 or pts.shape[1] != 2 or not np.all(np.isfinite(pts)):
+        return None, "{} points must be a list of finite [x, y] pairs, got {!r}".format(
+            kind, points)
+    if kind == "polygon":
+        if len(pts) < 3:
+            return None, "polygon with {} point(s); at least 3 are needed".format(len(pts))
+        return dict(kind=kind, points=pts.tolist()), None
+    if kind == "rectangle":
+        if len(pts) < 2:
+            return None, "rectangle needs 2 corner points, got {}".format(len(pts))
+        (x1, y1), (x2, y2) = pts.min(axis=0), pts.max(axis=0)
+        if x2 <= x1 or y2 <= y1:
+            return None, "drop: rectangle with zero size"
+        return dict(kind=kind, box=[x1, y1, x2, y2]), None
+    if len(pts) != 2:
+        return None, "circle needs 2 points (centre, a point on the circle), got {}".format(
+            len(pts))
+    radius = float(np.hypot(*(pts[1] - pts[0])))
+    if radius <= 0:
+        return None, "drop: circle with zero radius"
+    return dict(kind=kind, center=pts[0].tolist(), radius=radius), None
+
+
+def _rasterise_labelme(geometry, height, width):
+    """bool mask [H, W] of one labelme geometry.
+
+    Coordinates are continuous, as VIA's and COCO's (pixel j spans [j, j + 1)): a pixel is
+    in the shape when its centre is, hence the -0.5 shifts into skimage's pixel indices.
+    """
+    m = np.zeros((height, width), dtype=bool)
+    if geometry["kind"] == "circle":
+        cx, cy = geometry["center"]
+        rr, cc = skimage.draw.disk((cy - 0.5, cx - 0.5), geometry["radius"],
+                                   shape=(height, width))
+    else:
+        if geometry["kind"] == "rectangle":
+            x1, y1, x2, y2 = geometry["box"]
+            xs, ys = np.array([x1, x2, x2, x1]), np.array([y1, y1, y2, y2])
+        else:
+            xs, ys = np.asarray(geometry["points"], dtype=np.float64).T
+        rr, cc = skimage.draw.polygon(ys - 0.5, xs - 0.5, shape=(height, width))
+    m[rr, cc] = True
+    return m
+
+
+def _decode_image_data(image_data):
+    """labelme's base64 imageData -> a PIL image (lazy: only the header is read)."""
+    import base64
+    return Image.open(io.BytesIO(base64.b64decode(image_data)))
+
+
+class LabelmeDataset(_SkipBadMixin, Dataset):
+    """Instance masks from labelme JSON files (one per image).
+
+    Polygons, rectangles (2 corners) and circles (centre + a point on the circle) become
+    masks with the continuous-coordinate rule of ViaDataset; line, linestrip, point and
+    other shapes are dropped with a warning naming the file and shape. Shapes with the
+    same (label, group_id), group_id not None, form one instance (labelme's convention).
+    Images without a usable shape are not registered and are listed in
+    ``self.unannotated`` (their JSON paths).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skipped = []
+        self.unannotated = []
+
+    def load_labelme(self, path, class_names=None, skip_bad=False, source="labelme",
+                     images=None):
+        """Register the images of labelme JSON files.
+
+        path: a folder of labelme JSONs, one JSON file or a list of files.
+        class_names: class order (ids 1..K); a label outside it is a bad entry. Default:
+            the sorted labels found.
+        skip_bad: False -> raise DatasetError at the first bad entry (MissingFileError for
+            an image found neither at imagePath nor embedded); True -> warn once, skip the
+            entry (a shape, or a whole file) and record it in ``self.skipped``.
+        images: an extra folder searched for the image's file name.
+
+        The image is ``imagePath`` (relative to the JSON's folder; its bare file name
+        there or in ``images`` is tried too) or, when that file is missing, the embedded
+        base64 ``imageData``. Height and width come from imageHeight / imageWidth when
+        present (load_image checks them). Each image is added with ``id`` = the JSON path,
+        ``path`` (the image file, or the JSON for embedded data), ``height``, ``width``,
+        ``labelme_json``, ``embedded``, ``instances`` [(source class id, [geometry])].
+        """
+        files = labelme_json_files(path)
+        start = len(self.skipped)
+        parsed = [item for item in (self._labelme_file(f, class_names, skip_bad, images)
+                                    for f in files) if item is not None]
+        names = list(class_names) if class_names is not None else sorted(
+            {label for item in parsed for label, _ in item["instances"]})
+        name_to_id = {n: i + 1 for i, n in enumerate(names)}
+        for n, cid in name_to_id.items():
+            self.add_class(source, cid, n)
+        for item in parsed:
+            item["instances"] = [(name_to_id[label], geoms)
+                                 for label, geoms in item["instances"]]
+            self.add_image(source, image_id=item.pop("json"), **item)
+        self._warn_skipped(path if isinstance(path, str) else "labelme files", start,
+                           with_file=True)
+
+    def _labelme_file(self, json_path, class_names, skip_bad, images):
+        """One JSON -> the add_image fields with (label, [geometry]) instances, or None
+        when the file is bad (reported) or has no usable shape (``unannotated``)."""
+        try:
+            data = _load_json(json_path)
+        except DatasetError as e:
+            self._bad(skip_bad, json_path, "file", str(e).split(": ", 1)[-1])
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
+            self._bad(skip_bad, json_path, "file", "not a labelme file (no 'shapes' list)")
+            return None
+        image = self._labelme_image(json_path, data, images, skip_bad)
+        if image is None:
+            return None
+        instances = self._labelme_instances(json_path, data["shapes"], class_names,
+                                            skip_bad)
+        if not instances:
+            self.unannotated.append(json_path)
+            return None
+        image.update(json=json_path, labelme_json=json_path, instances=instances)
+        return image
+
+    def _labelme_image(self, json_path, data, images, skip_bad):
+        """{path, embedded, height, width} of the JSON's image, or None (reported)."""
+        image_path = data.get("imagePath")
+        candidates = []
+        if isinstance(image_path, str) and image_path:
+            rel = image_path.replace("\\", "/")  # labelme on Windows writes backslashes
+            folder = os.path.dirname(json_path)
+            base = os.path.basename(rel)
+            candidates = [os.path.join(folder, rel), os.path.join(folder, base)]
+            if images:
+                candidates.append(os.path.join(images, base))
+        found = next((c for c in candidates if os.path.isfile(c)), None)
+        height, width = data.get("imageHeight"), data.get("imageWidth")
+        sized = all(isinstance(v, numbers.Integral) and v > 0 for v in (height, width))
+        entry = "imagePath {!r}".format(image_path)
+        try:
+            if found is not None:
+                if not sized:
+                    height, width = image_size(found)
+                return dict(path=found, embedded=False, height=int(height), width=int(width))
+            if isinstance(data.get("imageData"), str) and data["imageData"]:
+                if not sized:
+                    with _decode_image_data(data["imageData"]) as im:
+                        width, height = im.size
+                return dict(path=json_path, embedded=True, height=int(height),
+                            width=int(width))
+        except Exception as e:  # unreadable header or base64
+            self._bad(skip_bad, json_path, entry, "cannot read the image: {}".format(e))
+            return None
+        self._bad(skip_bad, json_path, entry, "image file not found: {} and no embedded "
+                  "imageData".format(candidates[0] if candidates else "(no imagePath)"),
+                  error=MissingFileError)
+        return None
+
+    def _labelme_instances(self, json_path, shapes, class_names, skip_bad):
+        """[(label, [geometry])] of the usable shapes, grouped by (label, group_id)."""
+        groups = {}  # insertion ordered: instances keep the file's shape order
+        for i, shape in enumerate(shapes):
+            if not isinstance(shape, dict):
+                self._bad(skip_bad, json_path, "shapes[{}]".format(i), "not an object")
+                continue
+            label, kind = shape.get("label"), shape.get("shape_type") or "polygon"
+            entry = "shapes[{}] ({} {!r})".format(i, kind, label)
+            geometry, reason = _labelme_geometry(kind, shape.get("points"))
+            if reason and reason.startswith("drop:"):
+                self._drop(json_path, entry, reason[6:])
+                continue
+            if not reason and (not isinstance(label, str) or not label):
+                reason = "label missing or empty"
+            elif not reason and class_names is not None and label not in class_names:
+                reason = "label {!r} is not one of the classes {}".format(
+                    label, list(class_names))
+            if reason:
+                self._bad(skip_bad, json_path, entry, reason)
+                continue
+            group = shape.get("group_id")
+            key = (label, group) if group is not None else (None, i)
+            groups.setdefault(key, (label, []))[1].append(geometry)
+        return list(groups.values())
+
+    def load_image(self, image_id):
+        """The image file, or the JSON's embedded imageData, as uint8 RGB [H, W, 3];
+        DatasetError naming the JSON when its size differs from imageHeight/imageWidth."""
+        info = self.image_info[image_id]
+        if "labelme_json" not in info:
+            return super().load_image(image_id)
+        if info["embedded"]:
+            import base64
+            from mrcnn.dataset import _image_to_uint8_rgb, _read_with_pil
+            try:  # decoded like an image file (palette, 16-bit, grey handled the same)
+                data = base64.b64decode(_load_json(info["labelme_json"])["imageData"])
+                image = _image_to_uint8_rgb(_read_with_pil(io.BytesIO(data)))
+            except Exception as e:
+                raise DatasetError("{}: cannot decode the embedded imageData: {}".format(
+                    info["labelme_json"], e)) from None
+        else:
+            image = super().load_image(image_id)
+        if image.shape[:2] != (info["height"], info["width"]):
+            raise DatasetError("{}: the image {} is {}x{} but the JSON says imageHeight {}, "
+                               "imageWidth {}".format(info["labelme_json"], info["path"],
+                                                      image.shape[0], image.shape[1],
+                                                      info["height"], info["width"]))
+        return image
+
+    def load_mask(self, image_id):
+        """masks bool [H, W, N] (an instance is the union of its grouped shapes) and
+        class_ids int32 [N]; instances covering no pixel centre are dropped."""
+        info = self.image_info[image_id]
+        if "instances" not in info:
+            return super().load_mask(image_id)
+        height, width = info["height"], info["width"]
+        masks, class_ids = [], []
+        for src_id, geometries in info["instances"]:
+            m = np.zeros((height, width), dtype=bool)
+            for g in geometries:
+                m |= _rasterise_labelme(g, height, width)
+            if m.any():
+                masks.append(m)
+                class_ids.append(self.map_source_class_id("{}.{}".format(info["source"],
+                                                                         src_id)))
+        return _stack_instances(masks, class_ids, height, width)
+
+    def image_reference(self, image_id):
+        """The labelme JSON path."""
+        info = self.image_info[image_id]
+        return info.get("labelme_json") or super().image_reference(image_id)
+
+
+# ---------------------------------------------------------------------------- any format
+
+ANNOTATION_FORMATS = ("coco", "via", "labelme", "masks")
+
+# The one class of VIA files without a class attribute and of mask folders.
+DEFAULT_CLASS_NAME = "object"
+
+# Region attributes preferred as the class when several could be (VIA).
+_VIA_CLASS_KEYS = ("class", "label", "category", "name", "type")
+
+_FORMATS_LOOKED_FOR = (
+    "COCO JSON with 'images' and 'annotations' (e.g. _annotations.coco.json, "
+    "annotations/instances_*.json), VIA JSON (via_region_data.json, VIA 1/2 exports or a "
+    "VIA 2 project), labelme JSONs (one per image, with 'shapes'), mask folders "
+    "(<id>/images/<id>.png + <id>/masks/*.png)")
+
+
+def _json_kind(data):
+    """'coco', 'via', 'labelme' or None for a parsed JSON."""
+    if not isinstance(data, dict):
+        return None
+    if "images" in data and "annotations" in data:
+        return "coco"
+    if "shapes" in data:
+        return "labelme"
+    if "_via_img_metadata" in data or {"project", "file", "metadata"} <= set(data):
+        return "via"  # VIA 2 project, or VIA 3 (read_via_json says it is unsupported)
+    values = list(data.values())
+    if values and all(isinstance(v, dict) and "filename" in v and "regions" in v
+                      for v in values):
+        return "via"
+    return None
+
+
+def _folder_candidates(folder):
+    """JSON files of ``folder`` to classify: the names annotation tools export first
+    (VIA, Roboflow, CVAT's annotations/), then the other top-level JSONs, sorted."""
+    def jsons(d):
+        if not os.path.isdir(d):
+            return []
+        return [os.path.join(d, f) for f in sorted(os.listdir(d))
+                if f.lower().endswith(".json") and not f.startswith(".")]
+    top = jsons(folder)
+    known = [f for f in top if os.path.basename(f) in ("via_region_data.json",
+                                                       "_annotations.coco.json")]
+    known += jsons(os.path.join(folder, "annotations"))
+    return known, [f for f in top if f not in known]
+
+
+def _detect_folder(folder, wanted=None):
+    """(format, annotation path) of a folder (see load_annotated for the rules)."""
+    known, others = _folder_candidates(folder)
+    found = []  # (kind, file) of the COCO / VIA files
+    for i, f in enumerate([] if wanted == "masks" else known + others):
+        kind = _json_kind(_load_json(f))
+        if kind == "labelme" and i >= len(known) and not found and \
+                wanted in (None, "labelme"):
+            # A labelme folder (one JSON per image): no need to parse them all here.
+            return "labelme", folder
+        if kind in ("coco", "via") and wanted in (None, kind):
+            found.append((kind, f))
+    if len(found) > 1:
+        raise DatasetError("{}: several annotation files ({}); pass the one to use".format(
+            folder, ", ".join(os.path.relpath(f, folder) for _, f in found)))
+    if found:
+        return found[0]
+    if wanted in (None, "masks") and list_nucleus_ids(folder):
+        return "masks", folder
+    looked_for = _FORMATS_LOOKED_FOR if wanted is None else "{} annotations".format(wanted)
+    raise DatasetError("{}: no annotations in a known format (looked for {})".format(
+        folder, looked_for))
+
+
+def detect_format(path, wanted=None):
+    """(format, annotation path) of ``path``: a JSON file or a folder (see load_annotated
+    for the rules). ``wanted``: only look for that format. Raises MissingFileError for a
+    missing path and DatasetError naming the path and the formats looked for."""
+    if isinstance(path, (list, tuple)):
+        return "labelme", list(path)
+    if not os.path.exists(path):
+        raise MissingFileError("annotations not found: {}".format(path))
+    if os.path.isdir(path):
+        return _detect_folder(path, wanted)
+    kind = _json_kind(_load_json(path)) if path.lower().endswith(".json") else None
+    if kind is None or (wanted not in (None, kind)):
+        raise DatasetError("{}: not {} (looked for {})".format(
+            path, "a {} file".format(wanted) if wanted else "an annotation file in a known "
+            "format", _FORMATS_LOOKED_FOR))
+    return kind, path
+
+
+def load_annotated(path, format="auto", images=None, class_names=None, skip_bad=False):
+    """A prepared Dataset of the annotations at ``path``, in any supported format.
+
+    format: "auto" (detected, see below), "coco", "via", "labelme" or "masks".
+    images: image folder (COCO: default next to the JSON, or its "images" / "../images"
+        folder as CVAT and Roboflow export it; VIA: default the JSON's folder; labelme:
+        searched for the imagePath's file name).
+    class_names: the class order to use (the training set's, for a validation set); a
+        class of the data outside it raises DatasetError naming it. Default: from the
+        data: COCO categories that have annotations (category-id order; Roboflow's unused
+        super-category is left out), the VIA region attribute naming the class if the
+        regions have one (else one class "object"), labelme labels (sorted), "object"
+        for mask folders.
+    skip_bad: see the loaders (CocoJsonDataset, ViaDataset, LabelmeDataset,
+        NucleusDataset).
+
+    Auto-detection. A JSON file: COCO (a dict with "images" and "annotations"), VIA (VIA 1
+    entries with "filename"/"regions", or a VIA 2 project with "_via_img_metadata") or
+    labelme ("shapes"). A folder: the one COCO or VIA JSON it holds (via_region_data.json,
+    _annotations.coco.json and annotations/*.json are looked at first), labelme when its
+    JSONs are labelme files, masks when its subfolders have the DSB2018 layout. The
+    dataset gets ``annotation_format`` and ``annotation_path`` attributes.
+    """
+    if format not in ("auto",) + ANNOTATION_FORMATS:
+        raise ValueError("format must be 'auto' or one of {}, got {!r}".format(
+            ANNOTATION_FORMATS, format))
+    if images is not None and not os.path.isdir(images):
+        raise MissingFileError("image folder not found: {}".format(images))
+    kind, found = detect_format(path, None if format == "auto" else format)
+    loader = {"coco": _load_coco, "via": _load_via, "labelme": _load_labelme,
+              "masks": _load_masks}[kind]
+    dataset = loader(found, images, class_names, skip_bad)
+    dataset.prepare()
+    dataset.annotation_format, dataset.annotation_path = kind, found
+    return dataset
+
+
+def _unknown_classes_error(where, unknown, class_names):
+    return DatasetError("{}: class(es) {} are not among the training classes {}".format(
+        where, sorted(unknown), list(class_names)))
+
+
+def _coco_image_dir(json_path, data, images):
+    """The folder holding the images a COCO JSON names (see load_annotated)."""
+    if images:
+        return images
+    folder = os.path.dirname(os.path.abspath(json_path))
+    stem = os.path.splitext(os.path.basename(json_path))[0]
+    candidates = [folder, os.path.join(folder, "images"),
+                  os.path.join(os.path.dirname(folder), "images")]
+    if stem.startswith("instances_"):  # COCO's own annotations/instances_val2017.json
+        candidates.append(os.path.join(os.path.dirname(folder), stem[len("instances_"):]))
+    names = [img["file_name"] for img in data["images"][:20]
+             if isinstance(img, dict) and isinstance(img.get("file_name"), str)]
+    for c in candidates:
+        if not names or any(os.path.isfile(os.path.join(c, n)) for n in names):
+            return c
+    raise MissingFileError("{}: its images (e.g. {!r}) are in none of {}; give the image "
+                           "folder (images=..., --images DIR)".format(
+                               json_path, names[0], candidates))
+
+
+def _load_coco(json_path, images, class_names, skip_bad):
+    data = CocoJsonDataset._read_coco_file(json_path, images or os.path.dirname(
+        os.path.abspath(json_path)))
+    names = {c["id"]: str(c["name"]) for c in data["categories"]
+             if isinstance(c, dict) and "id" in c and "name" in c}
+    used = sorted({a.get("category_id") for a in data["annotations"]
+                   if isinstance(a, dict) and a.get("category_id") in names})
+    dataset = CocoJsonDataset()
+    if class_names is None:
+        class_ids = used or sorted(names)
+    else:
+        unknown = {names[i] for i in used} - set(class_names)
+        if unknown:
+            raise _unknown_classes_error(json_path, unknown, class_names)
+        by_name = {names[i]: i for i in used}
+        # Registered first, in the training order, so internal ids match training's;
+        # a class absent here keeps its slot under a placeholder id.
+        for k, n in enumerate(class_names):
+            dataset.add_class("coco", by_name.get(n, "absent{}".format(k)), n)
+        class_ids = sorted(by_name.values())
+    if not class_ids:
+        raise DatasetError("{}: no categories to load".format(json_path))
+    dataset.load_coco_json(json_path, _coco_image_dir(json_path, data, images),
+                           class_ids=class_ids, skip_bad=skip_bad)
+    return dataset
+
+
+def _via_class_attribute(json_path):
+    """The region attribute naming each region's class, or None (one class).
+
+    It must hold a non-empty string (or a VIA 2 checkbox dict with one choice) in every
+    region; among several such attributes _VIA_CLASS_KEYS are preferred, then the first
+    in sorted order.
+    """
+    regions = [r for e in read_via_json(json_path) for r in e.get("regions") or []
+               if isinstance(r, dict)]
+
+    def names_class(value):
+        if isinstance(value, dict):
+            return sum(bool(v) for v in value.values()) == 1
+        return isinstance(value, str) and bool(value)
+
+    keys = None
+    for r in regions:
+        attrs = r.get("region_attributes")
+        attrs = attrs if isinstance(attrs, dict) else {}
+        ok = {k for k, v in attrs.items() if names_class(v)}
+        keys = ok if keys is None else keys & ok
+    if not keys:
+        return None
+    preferred = [k for k in sorted(keys) if k.lower() in _VIA_CLASS_KEYS]
+    return (preferred or sorted(keys))[0]
+
+
+def _load_via(json_path, images, class_names, skip_bad):
+    attribute = _via_class_attribute(json_path)
+    if attribute is None and class_names is not None and \
+            DEFAULT_CLASS_NAME not in class_names:
+        raise _unknown_classes_error(json_path, {DEFAULT_CLASS_NAME}, class_names)
+    dataset = ViaDataset()
+    dataset.load_via(images or os.path.dirname(os.path.abspath(json_path)),
+                     annotation_file=os.path.abspath(json_path),
+                     class_name=DEFAULT_CLASS_NAME, class_attribute=attribute,
+                     class_names=class_names, source="via", skip_bad=skip_bad)
+    dataset.class_attribute = attribute
+    return dataset
+
+
+def _load_labelme(path, images, class_names, skip_bad):
+    dataset = LabelmeDataset()
+    dataset.load_labelme(path, class_names=class_names, skip_bad=skip_bad, images=images)
+    return dataset
+
+
+def _load_masks(folder, images, class_names, skip_bad):
+    if class_names is not None and list(class_names) != [DEFAULT_CLASS_NAME]:
+        raise DatasetError("{}: a mask folder has the one class {!r}; the training classes "
+                           "are {}".format(folder, DEFAULT_CLASS_NAME, list(class_names)))
+    dataset = NucleusDataset()
+    # Masks are read again every epoch: keep them in memory as small crops.
+    dataset.load_nucleus(folder, skip_bad=skip_bad, source="masks", cache_masks=True,
+                         class_name=DEFAULT_CLASS_NAME)
+    return dataset
