@@ -33,6 +33,7 @@ import skimage.draw
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from mrcnn.dataset import _orientation_of
 from mrcnn.utils import Dataset, DatasetError, extract_bboxes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -52,8 +53,9 @@ class DatasetWarning(UserWarning):
 
 # ---------------------------------------------------------------------------- helpers
 
-def image_size(path):
-    """(height, width) of the image file at ``path``.
+def image_size(path, apply_exif=False):
+    """(height, width) of the image file at ``path`` (with ``apply_exif``, as displayed:
+    swapped for EXIF orientations that turn the photo by 90 degrees).
 
     Reads only the file header through PIL when the format allows (no full decode);
     falls back to decoding with scikit-image. Raises DatasetError naming the file.
@@ -61,6 +63,8 @@ def image_size(path):
     try:
         with Image.open(path) as im:
             width, height = im.size
+            if apply_exif and _orientation_of(im) in (5, 6, 7, 8):
+                width, height = height, width
         return int(height), int(width)
     except FileNotFoundError:
         raise MissingFileError("image file not found: {}".format(path))
@@ -361,7 +365,7 @@ class CocoJsonDataset(_SkipBadMixin, Dataset):
             height, width = img.get("height"), img.get("width")
             if not (isinstance(height, numbers.Integral) and isinstance(width, numbers.Integral)
                     and height > 0 and width > 0):
-                height, width = image_size(path)  # header only
+                height, width = image_size(path, self.apply_exif_orientation)  # header
             images[img["id"]] = dict(path=path, height=int(height), width=int(width),
                                      entry=img)
         return images
@@ -630,8 +634,11 @@ class ViaDataset(_SkipBadMixin, Dataset):
             for f in sorted(os.listdir(dataset_dir)):
                 if f.lower().endswith(IMAGE_EXTENSIONS) and f not in mentioned:
                     self.unannotated.append(f)
+        first = len(self.image_info)
         self._register_via(parsed, fixed_names, source, json_path)
         self._warn_skipped(json_path, n_skipped_before)
+        # Browsers (VIA) show photos turned by their EXIF tag: say which ones have one.
+        self.check_exif(range(first, len(self.image_info)))
 
     def _via_image(self, entry_info, dataset_dir, json_path, registered, class_spec,
                    skip_bad):
@@ -654,7 +661,7 @@ class ViaDataset(_SkipBadMixin, Dataset):
             self._bad(skip_bad, json_path, entry, "image file not found: {}".format(path))
             return None
         try:
-            height, width = image_size(path)
+            height, width = image_size(path, self.apply_exif_orientation)
         except DatasetError as e:
             self._bad(skip_bad, json_path, entry, str(e))
             return None
@@ -1030,12 +1037,15 @@ class LabelmeDataset(_SkipBadMixin, Dataset):
         name_to_id = {n: i + 1 for i, n in enumerate(names)}
         for n, cid in name_to_id.items():
             self.add_class(source, cid, n)
+        first = len(self.image_info)
         for item in parsed:
             item["instances"] = [(name_to_id[label], geoms)
                                  for label, geoms in item["instances"]]
             self.add_image(source, image_id=item.pop("json"), **item)
         self._warn_skipped(path if isinstance(path, str) else "labelme files", start,
                            with_file=True)
+        # labelme applies the EXIF orientation before annotating: name such photos.
+        self.check_exif(range(first, len(self.image_info)))
 
     def _labelme_file(self, json_path, class_names, skip_bad, images):
         """One JSON -> the add_image fields with (label, [geometry]) instances, or None
@@ -1077,7 +1087,7 @@ class LabelmeDataset(_SkipBadMixin, Dataset):
         try:
             if found is not None:
                 if not sized:
-                    height, width = image_size(found)
+                    height, width = image_size(found, self.apply_exif_orientation)
                 return dict(path=found, embedded=False, height=int(height), width=int(width))
             if isinstance(data.get("imageData"), str) and data["imageData"]:
                 if not sized:
@@ -1130,17 +1140,22 @@ class LabelmeDataset(_SkipBadMixin, Dataset):
             from mrcnn.dataset import _image_to_uint8_rgb, _read_with_pil
             try:  # decoded like an image file (palette, 16-bit, grey handled the same)
                 data = base64.b64decode(_load_json(info["labelme_json"])["imageData"])
-                image = _image_to_uint8_rgb(_read_with_pil(io.BytesIO(data)))
+                image = _image_to_uint8_rgb(
+                    _read_with_pil(io.BytesIO(data), self.apply_exif_orientation),
+                    self.bit_depth_rule(), info["labelme_json"])
             except Exception as e:
                 raise DatasetError("{}: cannot decode the embedded imageData: {}".format(
                     info["labelme_json"], e)) from None
         else:
             image = super().load_image(image_id)
         if image.shape[:2] != (info["height"], info["width"]):
+            turned = image.shape[:2] == (info["width"], info["height"])
             raise DatasetError("{}: the image {} is {}x{} but the JSON says imageHeight {}, "
-                               "imageWidth {}".format(info["labelme_json"], info["path"],
-                                                      image.shape[0], image.shape[1],
-                                                      info["height"], info["width"]))
+                               "imageWidth {}{}".format(
+                                   info["labelme_json"], info["path"], image.shape[0],
+                                   image.shape[1], info["height"], info["width"],
+                                   " (an EXIF orientation labelme applied? set "
+                                   "apply_exif_orientation = True)" if turned else ""))
         return image
 
     def load_mask(self, image_id):

@@ -79,3 +79,40 @@ def test_apply_exif_orientation_turns_the_pixels(photos):
     np.testing.assert_array_equal(turned3, np.rot90(raw3, k=2))
     assert turned6.shape == (50, 30, 3)
     assert turned6[:10, -5:].mean() > 250               # the bright corner moved top-right
+
+
+def test_via_and_labelme_loaders_name_rotated_photos_and_apply_the_tag(tmp_path):
+    import json
+
+    from mrcnn.datasets import LabelmeDataset, ViaDataset
+    write_jpeg(tmp_path / "a.jpg")
+    write_jpeg(tmp_path / "b.jpg", orientation=6, seed=1)
+    region = {"shape_attributes": {"name": "rect", "x": 2, "y": 2, "width": 8,
+                                   "height": 8}, "region_attributes": {}}
+    via = {name + "1": {"filename": name, "size": 1, "regions": [region]}
+           for name in ("a.jpg", "b.jpg")}
+    (tmp_path / "via_region_data.json").write_text(json.dumps(via))
+    with pytest.warns(ExifWarning, match=r"1 image\(s\).*b\.jpg \(6\)"):
+        ViaDataset().load_via(str(tmp_path))
+    turned = ViaDataset()
+    turned.apply_exif_orientation = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExifWarning)
+        turned.load_via(str(tmp_path))
+    turned.prepare()
+    sizes = {info["id"]: (info["height"], info["width"]) for info in turned.image_info}
+    assert sizes == {"a.jpg": (30, 50), "b.jpg": (50, 30)}    # b as displayed
+    assert turned.load_image(1).shape == (50, 30, 3)
+
+    # labelme stores the displayed size: without the option the mismatch names EXIF.
+    label = tmp_path / "b.json"
+    label.write_text(json.dumps({"imagePath": "b.jpg", "imageHeight": 50, "imageWidth": 30,
+                                 "imageData": None, "shapes": [{
+                                     "label": "thing", "shape_type": "rectangle",
+                                     "points": [[2, 2], [10, 10]], "group_id": None}]}))
+    plain = LabelmeDataset()
+    with pytest.warns(ExifWarning, match=r"b\.jpg \(6\)"):
+        plain.load_labelme(str(label))
+    plain.prepare()
+    with pytest.raises(Exception, match="apply_exif_orientation"):
+        plain.load_image(0)
