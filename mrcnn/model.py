@@ -30,8 +30,9 @@ from mrcnn.preprocess import (check_images, mold_inputs, parse_image_meta,  # no
                               parse_image_meta_graph, unmold_detections)
 from mrcnn.roi_heads import loss_output_names
 from mrcnn.rpn import get_anchors, numpy_anchors
-from mrcnn.training import (CheckpointCallback, LearningRateWarmup, NonFiniteLossError,
-                            NonFiniteLossGuard, TrainingModel, frozen_stage_regex,
+from mrcnn.training import (BestCheckpoint, CheckpointCallback, EvaluationCallback,
+                            LearningRateWarmup, NonFiniteLossError, NonFiniteLossGuard,
+                            TrainingModel, check_validation_args, frozen_stage_regex,
                             make_optimizer, resolve_layers, set_trainable)
 
 # Matterport's module-level names of model.py (load_image_gt, data_generator, the four
@@ -97,12 +98,35 @@ class MaskRCNN(object):
         # Newest run first; skip runs that never wrote a checkpoint.
         for dir_name in reversed(dir_names):
             d = os.path.join(self.model_dir, dir_name)
+            # The best checkpoint (train(keep_best=...)) is not an epoch: find_best.
             checkpoints = sorted(f for f in os.listdir(d)
-                                 if f.startswith("mask_rcnn") and f.endswith(".h5"))
+                                 if f.startswith("mask_rcnn") and f.endswith(".h5")
+                                 and not f.endswith("_best.h5"))
             if checkpoints:
                 return os.path.join(d, checkpoints[-1])
         raise FileNotFoundError("Could not find weight files in {}".format(
             os.path.join(self.model_dir, dir_names[-1])))
+
+    def find_best(self):
+        """Path of ``mask_rcnn_<name>_best.h5`` (written by train(keep_best=...)) of the
+        newest run of this config's NAME that has one.
+
+        Raises FileNotFoundError naming model_dir and the newest run folder when none has.
+        """
+        name = self.config.NAME.lower() if self.config.NAME else ""
+        dir_names = sorted(d for d in next(os.walk(self.model_dir))[1]
+                           if d.startswith(name)) if os.path.isdir(self.model_dir) else []
+        best = "mask_rcnn_{}_best.h5".format(name or "mrcnn")
+        for dir_name in reversed(dir_names):
+            path = os.path.join(self.model_dir, dir_name, best)
+            if os.path.isfile(path):
+                return path
+        raise FileNotFoundError(
+            "No best checkpoint {} in the runs of '{}' under {}{}: train with "
+            "keep_best=... first".format(
+                best, name, self.model_dir,
+                " (newest run: {})".format(os.path.join(self.model_dir, dir_names[-1]))
+                if dir_names else ""))
 
     def load_weights(self, filepath, by_name=False, exclude=None, verbose=1):
         """Load weights from a Keras-2-layout .h5 file (Matterport's files, our
@@ -171,13 +195,24 @@ class MaskRCNN(object):
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
               augmentation=None, custom_callbacks=None, no_augmentation_sources=None,
-              on_error="raise", verbose=1):
+              on_error="raise", verbose=1, evaluate_every=None, evaluate_limit=None,
+              keep_best=None, keep_last=None, early_stopping_patience=None):
         """Train until epoch ``epochs`` (cumulative, as in Matterport).
 
         layers: "heads", "3+", "4+", "5+", "all" or a regex of layer names.
         augmentation: an imgaug augmenter (mrcnn.augment.iaa) applied to images and masks.
         on_error: "raise" stops at a broken image naming it; "skip" warns, skips it and
         reports the count at the end of each epoch.
+        evaluate_every=N: COCO evaluation of val_dataset every N epochs and at the last
+        (mrcnn.training.EvaluationCallback on an inference model built once), logging
+        val_bbox_AP, val_bbox_AP50, val_bbox_AP75, val_segm_AP, val_segm_AP50,
+        val_segm_AP75; evaluate_limit: only the first that many validation ids.
+        keep_best: a logged metric name (mode auto: max for AP, min for losses) or
+        (name, "max"|"min"); its best epoch's weights go to mask_rcnn_<name>_best.h5 in
+        the run folder (find_best()), its state to mask_rcnn_<name>_best.json (read back
+        when training resumes in that folder). keep_last=K: keep only the K newest epoch
+        checkpoints. early_stopping_patience=P: stop after P evaluations of the keep_best
+        metric (default val_segm_AP) without improvement.
         Returns the Keras History (or None when there was nothing to do).
         """
         if self.mode != "training":
@@ -185,6 +220,12 @@ class MaskRCNN(object):
         from mrcnn import data
         for name, ds in (("train_dataset", train_dataset), ("val_dataset", val_dataset)):
             data.check_dataset(ds, name)
+        custom = list(custom_callbacks or [])
+        user_evals = [c for c in custom if isinstance(c, EvaluationCallback)]
+        monitor = check_validation_args(self.config, evaluate_every, evaluate_limit,
+                                        keep_best, keep_last, early_stopping_patience,
+                                        evaluating=evaluate_every is not None or
+                                        bool(user_evals))
         if self.epoch >= epochs:
             logger.info("Already at epoch %d >= %d: nothing to train", self.epoch, epochs)
             return None
@@ -201,8 +242,13 @@ class MaskRCNN(object):
         if is_chief(strategy) and not os.path.exists(self.log_dir):
             os.makedirs(self.log_dir)
         guard = NonFiniteLossGuard(loss_output_names(self.config))
-        callbacks = [guard] + self._train_callbacks(data, (train_ds, val_ds), learning_rate,
-                                                    verbose) + list(custom_callbacks or [])
+        # Evaluation first: the metrics it adds must reach TensorBoard, History, progbar.
+        validation = self._validation_callbacks(
+            val_dataset, evaluate_every, evaluate_limit, monitor,
+            keep_best is not None, early_stopping_patience, verbose)
+        callbacks = [guard] + user_evals + validation + self._train_callbacks(
+            data, (train_ds, val_ds), learning_rate, verbose, keep_last) + [
+            c for c in custom if c not in user_evals]
 
         if verbose:
             print("\nStarting at epoch {}. LR={}\n".format(self.epoch, learning_rate))
@@ -243,7 +289,39 @@ class MaskRCNN(object):
         return [data.build_dataset(dataset, self.config, batch_size=global_batch, **kwargs)
                 for dataset, kwargs in datasets]
 
-    def _train_callbacks(self, data, pipelines, learning_rate, verbose):
+    def _validation_callbacks(self, val_dataset, evaluate_every, evaluate_limit, monitor,
+                              save_best, patience, verbose):
+        """EvaluationCallback (evaluate_every) then BestCheckpoint (keep_best or
+        patience). Every worker evaluates and decides (the same stop everywhere); only
+        the chief writes."""
+        chief = is_chief(self.strategy)
+        callbacks = []
+        if evaluate_every is not None:
+            callbacks.append(EvaluationCallback(
+                val_dataset, self._evaluation_model(), every=evaluate_every,
+                limit=evaluate_limit, log_dir=self.log_dir, write_files=chief,
+                verbose=verbose))
+        if monitor[0] is not None:
+            best_path = self.checkpoint_path.replace("{epoch:04d}", "best")
+            callbacks.append(BestCheckpoint(
+                monitor[0], best_path if save_best else None,
+                os.path.splitext(best_path)[0] + ".json", mode=monitor[1],
+                patience=patience, graph=self.keras_model, write_files=chief,
+                verbose=verbose))
+        return callbacks
+
+    def _evaluation_model(self):
+        """The inference MaskRCNN that train(evaluate_every=...) evaluates: built once
+        per object (the training config on one replica); EvaluationCallback copies the
+        trained weights into it in memory."""
+        if getattr(self, "_eval_model", None) is None:
+            import copy
+            config = copy.deepcopy(self.config)
+            config.GPU_COUNT, config.BATCH_SIZE = 1, config.IMAGES_PER_GPU
+            self._eval_model = MaskRCNN("inference", config, self.model_dir)
+        return self._eval_model
+
+    def _train_callbacks(self, data, pipelines, learning_rate, verbose, keep_last=None):
         """TensorBoard and checkpoints (chief only), skip reports, LR warm-up."""
         callbacks = []
         if is_chief(self.strategy):
@@ -251,7 +329,8 @@ class MaskRCNN(object):
             callbacks += [
                 keras.callbacks.TensorBoard(log_dir=self.log_dir, histogram_freq=0,
                                             write_graph=False),
-                CheckpointCallback(self.keras_model, self.checkpoint_path, verbose=verbose),
+                CheckpointCallback(self.keras_model, self.checkpoint_path, verbose=verbose,
+                                   keep_last=keep_last),
             ]
         callbacks += data.skip_report_callbacks(*pipelines)
         if self.config.LEARNING_RATE_WARMUP_STEPS:

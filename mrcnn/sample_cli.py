@@ -2,9 +2,9 @@
 
 ``samples/coco.py``, ``balloon.py``, ``nucleus.py`` and ``shapes.py`` are Matterport-style
 scripts: a positional command (train / evaluate / ...), the weights to start from
-(``--weights``, or ``--model`` in coco.py and shapes.py: "coco", "imagenet", "last" or a
-path), ``--logs``, ``--cascade`` and a few options of their own. What they have in common
-lives here, once:
+(``--weights``, or ``--model`` in coco.py and shapes.py: "coco", "imagenet", "last",
+"best" or a path), ``--logs``, ``--cascade`` and a few options of their own. What they
+have in common lives here, once:
 
 * ``sample_paths``: the default locations (COCO weights, logs, the shared data folder);
 * ``make_config``: a Config class, or its Cascade Mask R-CNN variant;
@@ -28,7 +28,7 @@ import os
 COCO_HEAD_LAYERS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
 
 # The --weights keywords of Matterport's samples; any other value is a weights file.
-WEIGHT_KEYWORDS = ("coco", "imagenet", "last")
+WEIGHT_KEYWORDS = ("coco", "imagenet", "last", "best")
 
 # The extra keyword of nucleus.py: train from random weights (nothing is loaded).
 NO_WEIGHTS = "none"
@@ -108,6 +108,7 @@ def resolve_weights(model, weights, coco_path=None, keywords=WEIGHT_KEYWORDS):
 
     "coco": ``coco_path``, Matterport's COCO-trained weights, downloaded there first when
     absent. "last": ``model.find_last()``, the newest checkpoint of the config's NAME.
+    "best": ``model.find_best()``, the newest run's best checkpoint (train(keep_best=...)).
     "imagenet": ``model.get_imagenet_weights()`` (downloaded). "none" (when among
     ``keywords``): None, nothing to load. Anything else must be an existing file, returned
     as it is. Keywords are matched in any case; a value that is not among ``keywords`` and
@@ -125,6 +126,8 @@ def resolve_weights(model, weights, coco_path=None, keywords=WEIGHT_KEYWORDS):
         return coco_path
     if key == "last":
         return model.find_last()
+    if key == "best":
+        return model.find_best()
     if key == "imagenet":
         return model.get_imagenet_weights()
     if key == NO_WEIGHTS:

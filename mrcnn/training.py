@@ -8,6 +8,7 @@ History show every loss by name. Under a ``tf.distribute`` strategy the per-repl
 is divided by the replica count, because gradients are summed across replicas.
 """
 
+import logging
 import math
 import os
 import re
@@ -190,14 +191,40 @@ def make_optimizer(config, learning_rate, momentum=None):
 class CheckpointCallback(keras.callbacks.Callback):
     """Writes ``checkpoint_path.format(epoch=N)`` at the end of every epoch, atomically and
     in the Keras-2 by-name layout (mrcnn.weights.save_weights_h5). Never writes weights
-    that hold a non-finite value."""
+    that hold a non-finite value. keep_last=K: after each save, deletes the epoch
+    checkpoints of this pattern older than the K newest (files of later epochs, and any
+    other file such as the best checkpoint, are left alone)."""
 
-    def __init__(self, graph, checkpoint_path, verbose=0):
+    def __init__(self, graph, checkpoint_path, verbose=0, keep_last=None):
         super().__init__()
+        _positive_int_arg("keep_last", keep_last)
         self.net = graph
         self.checkpoint_path = checkpoint_path
         self.verbose = verbose
+        self.keep_last = keep_last
         self.last_saved = None
+
+    def _epoch_files(self):
+        """{epoch: path} of the files matching checkpoint_path in its folder."""
+        directory, base = os.path.split(self.checkpoint_path)
+        pattern = re.compile("^" + re.escape(base).replace(re.escape("{epoch:04d}"),
+                                                           r"(\d+)") + "$")
+        found = {}
+        for name in os.listdir(directory or "."):
+            m = pattern.match(name)
+            if m:
+                found[int(m.group(1))] = os.path.join(directory, name)
+        return found
+
+    def prune(self, epoch):
+        """Delete epoch checkpoints up to ``epoch`` (1-based) but the keep_last newest."""
+        files = self._epoch_files()
+        older = sorted(e for e in files if e <= epoch)
+        for e in older[:max(0, len(older) - self.keep_last)]:
+            try:
+                os.remove(files[e])
+            except OSError as err:
+                warnings.warn("keep_last: could not delete {}: {}".format(files[e], err))
 
     def on_train_begin(self, logs=None):
         # A process killed while writing leaves its hidden temporary file (the checkpoint
@@ -238,6 +265,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         path = self.checkpoint_path.format(epoch=epoch + 1)
         save_weights_h5(self.net, path)
         self.last_saved = path
+        if self.keep_last:
+            self.prune(epoch + 1)
         if self.verbose:
             print("\nSaved checkpoint {}".format(path))
 
@@ -404,3 +433,346 @@ def set_trainable(model, layer_regex, frozen_regex=None, verbose=0, indent=0):
 def resolve_layers(layers):
     """Map Matterport's layer presets ("heads", "3+", ...) to a regex; pass regexes through."""
     return LAYER_REGEX.get(layers, layers)
+
+
+# --------------------------------------------------------------------------- validation
+
+# COCOeval statistics that EvaluationCallback logs by default, per IoU type, as
+# "val_<bbox|segm>_<stat>": AP@[.50:.95], AP@.50, AP@.75 (mrcnn.evaluate.STAT_NAMES has
+# the other nine; pass stats= to log them too).
+EVALUATION_STATS = ("AP", "AP50", "AP75")
+EVALUATION_IOU_TYPES = ("bbox", "segm")
+
+
+def evaluation_metric_names(stats=EVALUATION_STATS):
+    """The logs keys EvaluationCallback writes: val_bbox_AP, val_bbox_AP50, ..."""
+    return tuple("val_{}_{}".format(t, s) for t in EVALUATION_IOU_TYPES for s in stats)
+
+
+EVALUATION_METRICS = evaluation_metric_names()
+
+
+def weight_pairs(source, target):
+    """(target variable, source variable) for every weight of ``target``'s layers, taken
+    from the layer of the same name in ``source`` (nested models expanded). Raises
+    ValueError when a layer is missing in ``source`` or a shape differs."""
+    from mrcnn.weights import _leaf_layers
+    by_name = {layer.name: layer for layer, _ in _leaf_layers(source)}
+    pairs = []
+    for layer, _ in _leaf_layers(target):
+        other = by_name.get(layer.name)
+        if other is None or len(other.weights) != len(layer.weights):
+            raise ValueError("weight_pairs: layer {!r} of the inference model has no "
+                             "counterpart in the training model".format(layer.name))
+        for t, s in zip(layer.weights, other.weights):
+            if tuple(t.shape) != tuple(s.shape):
+                raise ValueError("weight_pairs: {} has shape {} in the inference model, "
+                                 "{} in the training model".format(t.path, t.shape, s.shape))
+            pairs.append((t, s))
+    return pairs
+
+
+def render_detections(image, result, class_names, inches=4.0):
+    """uint8 RGB [h, w, 3] picture of one detect() result drawn over ``image`` (Agg
+    canvas, no pyplot state; one fixed colour per class so epochs compare)."""
+    import contextlib
+    import io
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from mrcnn import visualize
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] > 3:
+        image = image[:, :, :3]    # extra channels are not drawable
+    h, w = image.shape[:2]
+    fig = Figure(figsize=(inches, inches * h / max(w, 1)), dpi=100)
+    FigureCanvasAgg(fig)
+    palette = visualize.random_colors(len(class_names), shuffle=False)
+    colors = [palette[int(c) % len(palette)] for c in result["class_ids"]]
+    with contextlib.redirect_stdout(io.StringIO()):   # "No instances to display"
+        visualize.display_instances(image, result["rois"], result["masks"],
+                                    result["class_ids"], class_names, result["scores"],
+                                    ax=fig.add_subplot(1, 1, 1), colors=colors)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy()
+
+
+class EvaluationCallback(keras.callbacks.Callback):
+    """COCO box and mask AP of a validation Dataset while training, as epoch metrics.
+
+    Every ``every`` epochs (epoch numbers counted from the first epoch of the run, so a
+    resumed run keeps the schedule), at the last epoch of ``fit``, and at an epoch after
+    which training stops (a time budget) with a finite loss, the callback copies the
+    trained weights in memory, by layer name, into ``inference_model`` (a MaskRCNN in
+    inference mode, built once by the caller: nothing is rebuilt or read from disk), runs
+    mrcnn.evaluate.evaluate_coco on the first ``limit`` ids of ``dataset`` (all: None)
+    and writes ``val_bbox_AP``, ``val_bbox_AP50``, ``val_bbox_AP75``, ``val_segm_AP``,
+    ``val_segm_AP50``, ``val_segm_AP75`` (``stats`` chooses among mrcnn.evaluate's
+    STAT_NAMES) into the epoch's logs. Keras's History, progress bar and TensorBoard see
+    them when this callback comes before TensorBoard in the list (MaskRCNN.train puts
+    every EvaluationCallback, also one passed in custom_callbacks, first). TensorBoard
+    shows them in its "validation" run as ``epoch_bbox_AP``, ``epoch_segm_AP``, ...
+
+    draw_images: the detections on the first that many evaluated images are drawn into
+    TensorBoard as images (``log_dir``/evaluation, tags ``detections/image_<id>``); 0
+    disables. write_files: False on non-chief workers (they evaluate so that every worker
+    takes the same early-stopping decision, but write nothing).
+    Per evaluation (epoch, evaluate_coco's dict, seconds including the weight copy and
+    the drawing) is appended to ``self.evaluations``.
+    """
+
+    def __init__(self, dataset, inference_model, every=1, limit=None, draw_images=3,
+                 log_dir=None, stats=EVALUATION_STATS, write_files=True, verbose=1):
+        super().__init__()
+        if every is None:
+            raise ValueError("EvaluationCallback: every must be an integer >= 1")
+        _positive_int_arg("EvaluationCallback: every", every)
+        _positive_int_arg("EvaluationCallback: limit", limit)
+        self.dataset = dataset
+        self.inference_model = inference_model
+        self.every = every
+        ids = [int(i) for i in dataset.image_ids]
+        self.image_ids = ids if limit is None else ids[:int(limit)]
+        self.draw_images = int(draw_images or 0)
+        self.log_dir = log_dir
+        self.stats = tuple(stats)
+        self.write_files = write_files
+        self.verbose = verbose
+        self.evaluations = []
+        self._pairs = None
+        self._writer = None
+
+    def copy_weights(self):
+        """Assign the training graph's current weights to the inference model."""
+        source = getattr(self.model, "net", self.model)
+        if self._pairs is None or self._pairs[0] is not source:
+            self._pairs = (source, weight_pairs(source,
+                                                self.inference_model.keras_model))
+        for target, value in self._pairs[1]:
+            target.assign(value)
+
+    def _due(self, epoch, logs):
+        if (epoch + 1) % self.every == 0 or epoch + 1 == (self.params or {}).get("epochs"):
+            return True
+        loss = logs.get("loss", 0.0)
+        return bool(getattr(self.model, "stop_training", False)) and _is_number(loss) \
+            and math.isfinite(float(loss))
+
+    def evaluate(self):
+        """evaluate_coco of the inference model (looked up at call time) -> its dict."""
+        from mrcnn import evaluate
+        return evaluate.evaluate_coco(self.inference_model, self.dataset,
+                                      image_ids=self.image_ids, verbose=0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        if not self._due(epoch, logs):
+            return
+        t0 = time.time()
+        self.copy_weights()
+        metrics = self.evaluate()
+        values = {"val_{}_{}".format(t, s): float(metrics[t][s])
+                  for t in EVALUATION_IOU_TYPES for s in self.stats}
+        logs.update(values)
+        if self.write_files and self.log_dir and self.draw_images > 0:
+            self._draw(epoch)
+        seconds = time.time() - t0     # copy + evaluation + drawing
+        self.evaluations.append((epoch + 1, metrics, seconds))
+        if self.verbose:
+            print("\nEpoch {}: evaluated {} images in {:.1f} s: {}".format(
+                epoch + 1, len(self.image_ids), seconds,
+                ", ".join("{} {:.4f}".format(k, v) for k, v in values.items())))
+
+    def _draw(self, epoch):
+        ids = self.image_ids[:self.draw_images]
+        images = [self.dataset.load_image(i) for i in ids]
+        results = self.inference_model.detect(images)
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(
+                os.path.join(self.log_dir, "evaluation"))
+        with self._writer.as_default():
+            for image_id, image, r in zip(ids, images, results):
+                picture = render_detections(image, r, self.dataset.class_names)
+                tf.summary.image("detections/image_{}".format(image_id), picture[None],
+                                 step=epoch)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def metric_mode(name):
+    """"max" for AP/AR-like metric names, "min" for losses; ValueError otherwise."""
+    base = name[4:] if name.startswith("val_") else name
+    if "loss" in base:
+        return "min"
+    if re.search(r"(^|_)m?A[PR]", base):
+        return "max"
+    raise ValueError("keep_best: cannot tell whether {!r} is better high or low; give "
+                     "(name, 'max') or (name, 'min')".format(name))
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the best weights by a logged metric, and stops early when it stalls.
+
+    monitor: a logs key (val_segm_AP, val_loss, mrcnn_mask_loss, ...); mode "max", "min"
+    or "auto" (metric_mode). At each epoch end where ``monitor`` is logged: an improvement
+    (strictly better) writes ``filepath`` atomically (mrcnn.weights.save_weights_h5;
+    filepath None: track only) and resets the count, anything else adds one evaluation
+    without improvement; with ``patience``, that many in a row stop training, saying why
+    (``self.stop_reason``). The state (metric, mode, best, best_epoch, wait, last_epoch)
+    goes to the JSON ``state_path`` (atomically, after the weights) and is read back at
+    train begin when it names the same metric and mode: a resumed run keeps its best
+    value and patience count. write_files: False on non-chief workers, which still take
+    the same decisions from the same metric values.
+    """
+
+    def __init__(self, monitor, filepath=None, state_path=None, mode="auto",
+                 patience=None, graph=None, write_files=True, verbose=1):
+        super().__init__()
+        self.monitor = monitor
+        self.mode = metric_mode(monitor) if mode == "auto" else mode
+        if self.mode not in ("max", "min"):
+            raise ValueError("BestCheckpoint: mode must be 'max', 'min' or 'auto', got "
+                             "{!r}".format(mode))
+        _positive_int_arg("BestCheckpoint: patience", patience)
+        self.filepath = filepath
+        self.state_path = state_path
+        self.patience = patience
+        self.graph = graph
+        self.write_files = write_files
+        self.verbose = verbose
+        self.best, self.best_epoch, self.wait, self.last_epoch = None, None, 0, None
+        self.stop_reason = None
+
+    def state(self):
+        return {"metric": self.monitor, "mode": self.mode, "best": self.best,
+                "best_epoch": self.best_epoch, "wait": self.wait,
+                "last_epoch": self.last_epoch, "best_path": self.filepath}
+
+    def on_train_begin(self, logs=None):
+        saved = read_best_state(self.state_path)
+        if saved is None:
+            return
+        if (saved.get("metric"), saved.get("mode")) != (self.monitor, self.mode):
+            warnings.warn("{} tracks {} ({}), not {} ({}): starting a new best".format(
+                self.state_path, saved.get("metric"), saved.get("mode"), self.monitor,
+                self.mode))
+            return
+        self.best, self.best_epoch = saved.get("best"), saved.get("best_epoch")
+        self.wait, self.last_epoch = int(saved.get("wait", 0)), saved.get("last_epoch")
+
+    def improved(self, value):
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.monitor not in logs or not _is_number(logs[self.monitor]):
+            return      # not evaluated this epoch: not counted
+        value = float(logs[self.monitor])
+        if self.improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch + 1, 0
+            if self.filepath and self.write_files:
+                from mrcnn.weights import save_weights_h5
+                save_weights_h5(self.graph or getattr(self.model, "net", self.model),
+                                self.filepath)
+                if self.verbose:
+                    print("\nEpoch {}: {} improved to {:.5g}, saved {}".format(
+                        epoch + 1, self.monitor, value, self.filepath))
+        else:
+            self.wait += 1
+        self.last_epoch = epoch + 1
+        if self.state_path and self.write_files:
+            from mrcnn.evaluate import _atomic_write_json
+            _atomic_write_json(self.state_path, self.state())
+        if self.patience and self.wait >= self.patience:
+            self._stop(epoch)
+
+    def _stop(self, epoch):
+        reason = "Early stopping at epoch {}: {} did not improve for {} evaluation(s)".format(
+            epoch + 1, self.monitor, self.wait)
+        if self.best is not None:
+            reason += " (best {:.5g} at epoch {})".format(self.best, self.best_epoch)
+        self.stop_reason = reason
+        self.model.stop_training = True
+        logging.getLogger("mrcnn").info(self.stop_reason)
+        if self.verbose:
+            print("\n" + self.stop_reason)
+
+
+def read_best_state(path):
+    """The BestCheckpoint JSON state at ``path``, or None (no file, or unreadable: a
+    warning)."""
+    import json
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        warnings.warn("ignoring the unreadable best-checkpoint state {}: {}".format(
+            path, err))
+        return None
+
+
+def logged_metric_names(config, evaluating=False, stats=EVALUATION_STATS):
+    """Every epoch metric MaskRCNN.train logs for ``config``: "loss" and the named
+    losses, their "val_" versions when VALIDATION_STEPS, the AP metrics when
+    ``evaluating``."""
+    names = ["loss"] + list(loss_output_names(config))
+    if config.VALIDATION_STEPS:
+        names += ["val_" + n for n in names]
+    if evaluating:
+        names += list(evaluation_metric_names(stats))
+    return names
+
+
+def _positive_int_arg(name, value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise ValueError("{} must be an integer >= 1 (or None), got {!r}".format(name, value))
+
+
+def check_validation_args(config, evaluate_every, evaluate_limit, keep_best, keep_last,
+                          early_stopping_patience, evaluating=None):
+    """Check MaskRCNN.train's validation arguments; return (monitor, mode) of the metric
+    to keep / stop on, or (None, None). ``evaluating`` (default: evaluate_every is set)
+    tells whether the AP metrics will be logged (also by a user's EvaluationCallback)."""
+    for name, value in (("evaluate_every", evaluate_every), ("evaluate_limit", evaluate_limit),
+                        ("keep_last", keep_last),
+                        ("early_stopping_patience", early_stopping_patience)):
+        _positive_int_arg(name, value)
+    evaluating = evaluate_every is not None if evaluating is None else evaluating
+    if evaluate_limit is not None and evaluate_every is None:
+        raise ValueError("evaluate_limit={} needs evaluate_every".format(evaluate_limit))
+    if keep_best is None:
+        if early_stopping_patience is not None and not evaluating:
+            raise ValueError("early_stopping_patience={} needs evaluate_every (it stops on "
+                             "val_segm_AP) or keep_best (the metric to watch)".format(
+                                 early_stopping_patience))
+        if early_stopping_patience is None:
+            return None, None
+        return "val_segm_AP", "max"
+    if isinstance(keep_best, str):
+        keep_best = (keep_best, "auto")
+    if not (isinstance(keep_best, (tuple, list)) and len(keep_best) == 2
+            and isinstance(keep_best[0], str)):
+        raise ValueError("keep_best must be a metric name or (name, 'max'|'min'), got "
+                         "{!r}".format(keep_best))
+    monitor, mode = keep_best
+    known = logged_metric_names(config, evaluating)
+    if monitor not in known:
+        hint = (" (the AP metrics need evaluate_every)" if monitor.startswith("val_")
+                and "AP" in monitor and not evaluating else
+                " (val_ losses need config.VALIDATION_STEPS > 0)"
+                if monitor.startswith("val_") and "loss" in monitor else "")
+        raise ValueError("keep_best={!r} is never logged{}; logged metrics: {}".format(
+            monitor, hint, ", ".join(known)))
+    if mode not in ("auto", "max", "min"):
+        raise ValueError("keep_best mode must be 'max' or 'min', got {!r}".format(mode))
+    return monitor, metric_mode(monitor) if mode == "auto" else mode

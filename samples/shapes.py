@@ -28,8 +28,9 @@ from mrcnn.config import Config  # noqa: E402
 
 SHAPES = ("square", "circle", "triangle")
 DEFAULT_LOGS_DIR = sample_cli.sample_paths(ROOT).logs
-# --model: "last" (the newest checkpoint of the shapes runs) or a weights file.
-MODEL_KEYWORDS = ("last",)
+# --model: "last" (the newest checkpoint of the shapes runs), "best" (the newest run's
+# best checkpoint, train(keep_best=...)) or a weights file.
+MODEL_KEYWORDS = ("last", "best")
 
 
 class ShapesConfig(Config):
@@ -205,8 +206,8 @@ def build_parser():
     parser.add_argument("--logs", default=DEFAULT_LOGS_DIR,
                         help="logs and checkpoints directory (default: logs/)")
     parser.add_argument("--model", default=None, type=sample_cli.weights_type(MODEL_KEYWORDS),
-                        help="'last' or a path to .h5 weights (evaluate/detect; train "
-                             "resumes from it)")
+                        help="'last', 'best' or a path to .h5 weights (evaluate/detect; "
+                             "train resumes from it)")
     parser.add_argument("--cascade", action="store_true", help="Cascade Mask R-CNN")
     parser.add_argument("--epochs", type=int, default=None, help="epochs to train")
     parser.add_argument("--steps", type=int, default=None, help="steps per epoch")

@@ -138,7 +138,7 @@ def test_resolve_weights_errors_name_the_value(tmp_path):
     with pytest.raises(FileNotFoundError, match="other.h5"):
         sample_cli.resolve_weights(model, "other.h5")
     with pytest.raises(ValueError, match="unknown weights 'cocoa': expected 'coco', "
-                                         "'imagenet', 'last' or the path"):
+                                         "'imagenet', 'last', 'best' or the path"):
         sample_cli.resolve_weights(model, "cocoa")
     # "none" is a keyword only where it is allowed (nucleus.py).
     with pytest.raises(ValueError, match="'none'"):
