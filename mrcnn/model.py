@@ -16,6 +16,7 @@ import datetime
 import logging
 import os
 import re
+import warnings
 
 import keras
 import numpy as np
@@ -24,8 +25,8 @@ import tensorflow as tf
 from mrcnn import utils  # noqa: F401  (also modellib.utils, as Matterport)
 from mrcnn.config import Config
 from mrcnn.graph import build_graph, output_names
-from mrcnn.distribute import (default_strategy, is_chief, num_workers, per_worker_dataset,
-                              set_precision_policy)
+from mrcnn.distribute import (barrier, default_strategy, is_chief, num_workers,
+                              per_worker_dataset, set_precision_policy)
 from mrcnn.preprocess import (check_images, mold_inputs, parse_image_meta,  # noqa: F401
                               parse_image_meta_graph, unmold_detections)
 from mrcnn.roi_heads import loss_output_names
@@ -273,7 +274,30 @@ class MaskRCNN(object):
         # Epochs actually run (a callback may stop training early).
         done = history.epoch[-1] + 1 if history is not None and history.epoch else epochs
         self.epoch = max(self.epoch, done)
+        self._wait_for_chief_checkpoint(done)
         return history
+
+    def _wait_for_chief_checkpoint(self, epoch):
+        """Multi-worker: leave train() only once the chief has written the checkpoint of
+        ``epoch`` (it does so before its fit() returns), so a worker's next find_last()
+        finds it; a worker that cannot see it (no shared model_dir) is told why."""
+        if num_workers(self.strategy) <= 1:
+            return
+        barrier(self.strategy)
+        if is_chief(self.strategy):
+            return
+        try:
+            found = self.find_last()
+        except FileNotFoundError:
+            found = None
+        want = "_{:04d}.h5".format(epoch)
+        if found is None or not found.endswith(want):
+            message = ("this worker cannot see the chief's checkpoint of epoch {} under "
+                       "model_dir {} (newest here: {}): the chief writes every checkpoint; "
+                       "give all workers the same model_dir on shared storage to read "
+                       "them".format(epoch, os.path.abspath(self.model_dir), found))
+            logger.warning(message)
+            warnings.warn(message)
 
     def _input_pipelines(self, data, *datasets):
         """The tf.data pipelines of (dataset, build_dataset kwargs) pairs, batched for
