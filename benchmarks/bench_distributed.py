@@ -87,6 +87,9 @@ def make_config(clip=0.05, learning_rate=1.0, backbone="resnet50"):
         TRAIN_ROIS_PER_IMAGE = 8
         ROI_POSITIVE_RATIO = 0.5
         USE_RPN_ROIS = False
+        # The batch's numpy RPN targets as inputs: the graph-side ones draw a different
+        # random sample in each run, and the two runs must see the same anchors.
+        RPN_TARGETS_IN_GRAPH = False
         USE_MINI_MASK = False
         MAX_GT_INSTANCES = 2
         TRAIN_BN = False

@@ -165,7 +165,7 @@ def _synthetic_dataset_class():
 
 def synthetic_training_batch(config, seed=0):
     """One training batch (dict of numpy arrays keyed by the training input names) built by
-    mrcnn.data.build_dataset from a synthetic Dataset, so the RPN targets are real."""
+    mrcnn.data.build_dataset from a synthetic Dataset (real GT: the graph's RPN targets)."""
     from mrcnn import data
     ds = _synthetic_dataset_class()()
     ds.load_synthetic(config.BATCH_SIZE, int(config.IMAGE_SHAPE[0]), config.NUM_CLASSES,

@@ -66,6 +66,11 @@ class Config(object):
     RPN_NEGATIVE_IOU = 0.3
     RPN_NMS_THRESHOLD = 0.7
     RPN_TRAIN_ANCHORS_PER_IMAGE = 256
+    # True: the RPN's anchor targets are computed in the training graph (TF ops, batched,
+    # on the accelerator) from input_gt_boxes / input_gt_class_ids, and the input pipeline
+    # carries no input_rpn_match / input_rpn_bbox. False: build_rpn_targets computes them
+    # per image in the input pipeline and the graph takes them as inputs (Matterport).
+    RPN_TARGETS_IN_GRAPH = True
     # Channels of the RPN's shared 3x3 conv, run on every pyramid level: 512 as Matterport
     # (its weight files need it); 256 as detectron2 / Model Garden halves the RPN's cost,
     # a fifth of inference time at 1024 px.
@@ -430,6 +435,8 @@ class Config(object):
         self._fraction("LEARNING_RATE_WARMUP_FACTOR", low_open=True)
         if str(self.OPTIMIZER).lower() not in ("sgd", "adam"):
             self._fail("OPTIMIZER", "must be 'sgd' or 'adam'")
+        if not isinstance(self.RPN_TARGETS_IN_GRAPH, (bool, np.bool_)):
+            self._fail("RPN_TARGETS_IN_GRAPH", "must be True or False")
         self._validate_class_balance()
 
     def _validate_class_balance(self):

@@ -1,4 +1,4 @@
-"""Training input pipeline: ground truth per image, RPN targets, tf.data batches.
+"""Training input pipeline: ground truth per image, (optionally) RPN targets, tf.data batches.
 
 Matterport semantics (``load_image_gt``, ``build_rpn_targets``, ``data_generator``) with
 numpy-vectorised RPN matching and a parallel ``tf.data`` pipeline (``build_dataset``)
@@ -6,15 +6,20 @@ whose batches are dicts keyed by the training model's input names:
 
     input_image         [B, H, W, C]           float32  molded (mean pixel subtracted)
     input_image_meta    [B, IMAGE_META_SIZE]   float32  see mrcnn.preprocess
-    input_rpn_match     [B, A, 1]              int32    1 positive, -1 negative, 0 neutral
-    input_rpn_bbox      [B, RPN_TRAIN_ANCHORS_PER_IMAGE, 4] float32 std-scaled deltas
     input_gt_class_ids  [B, MAX_GT_INSTANCES]  int32    zero padded (crowds negative)
     input_gt_boxes      [B, MAX_GT_INSTANCES, 4] float32 pixels (y1, x1, y2, x2), y2/x2
                                                         exclusive, zero padded
     input_gt_masks      [B, mh, mw, MAX_GT_INSTANCES] bool  MINI_MASK_SHAPE with
                                                         USE_MINI_MASK, else H x W
 
-with H, W = config.IMAGE_SHAPE[:2] and A = len(get_anchors(config, IMAGE_SHAPE)).
+with H, W = config.IMAGE_SHAPE[:2]. The RPN targets are computed in the training graph
+(mrcnn.rpn.RpnTargetsLayer) unless config.RPN_TARGETS_IN_GRAPH is False; then, and always
+in Matterport's ``data_generator``, the examples also hold build_rpn_targets' output:
+
+    input_rpn_match     [B, A, 1]              int32    1 positive, -1 negative, 0 neutral
+    input_rpn_bbox      [B, RPN_TRAIN_ANCHORS_PER_IMAGE, 4] float32 std-scaled deltas
+
+with A = len(get_anchors(config, IMAGE_SHAPE)).
 """
 
 import collections
@@ -35,6 +40,16 @@ DatasetError = utils.DatasetError
 # Order of the training model's inputs (Matterport's data_generator list order).
 INPUT_NAMES = ("input_image", "input_image_meta", "input_rpn_match", "input_rpn_bbox",
                "input_gt_class_ids", "input_gt_boxes", "input_gt_masks")
+# The inputs that exist only when the RPN targets come from the pipeline.
+RPN_TARGET_NAMES = ("input_rpn_match", "input_rpn_bbox")
+
+
+def pipeline_rpn_targets(config, rpn_targets=None):
+    """Whether examples carry the RPN targets: rpn_targets if given, else (the training
+    graph's choice) not config.RPN_TARGETS_IN_GRAPH."""
+    if rpn_targets is None:
+        return not config.RPN_TARGETS_IN_GRAPH
+    return bool(rpn_targets)
 
 
 class ImageError(DatasetError):
@@ -306,11 +321,14 @@ def _pad_to(image, mask, use_mini_mask, target_hw, what):
     return image, mask
 
 
-def load_training_example(dataset, config, image_id, anchors, augmentation=None, rng=None):
+def load_training_example(dataset, config, image_id, anchors=None, augmentation=None,
+                          rng=None, rpn_targets=None):
     """Everything the training model needs for one image, as a dict of numpy arrays.
 
-    anchors: get_anchors(config, config.IMAGE_SHAPE) (pixels).
+    anchors: get_anchors(config, config.IMAGE_SHAPE) (pixels; computed when None).
     rng: np.random.Generator (None: global RNGs) for subsampling and augmentation.
+    rpn_targets: add input_rpn_match / input_rpn_bbox (build_rpn_targets over all the
+        image's instances, as Matterport); None = pipeline_rpn_targets(config).
 
     Keys and shapes: see the module docstring (without the batch axis);
     input_rpn_match is [A, 1]. Images smaller than config.IMAGE_SHAPE ("none"/"pad64"
@@ -325,8 +343,13 @@ def load_training_example(dataset, config, image_id, anchors, augmentation=None,
     image, masks = _pad_to(image, masks, use_mini_mask, config.IMAGE_SHAPE[:2], what)
     image_meta = compose_image_meta(image_id, original_shape, image.shape, window, scale,
                                     active)
-    rpn_match, rpn_bbox = build_rpn_targets(image.shape, anchors, class_ids, boxes, config,
-                                            rng=rng)
+    targets = {}
+    if pipeline_rpn_targets(config, rpn_targets):
+        if anchors is None:
+            anchors = get_anchors(config, config.IMAGE_SHAPE)
+        rpn_match, rpn_bbox = build_rpn_targets(image.shape, anchors, class_ids, boxes,
+                                                config, rng=rng)
+        targets = {"input_rpn_match": rpn_match[:, np.newaxis], "input_rpn_bbox": rpn_bbox}
 
     max_gt = config.MAX_GT_INSTANCES
     if class_ids.shape[0] > max_gt:
@@ -346,33 +369,35 @@ def load_training_example(dataset, config, image_id, anchors, augmentation=None,
                            "dataset.num_classes ({}) != config.NUM_CLASSES ({})".format(
                                what, image_meta.shape[0], meta_size, dataset.num_classes,
                                config.NUM_CLASSES))
-    return {
+    example = {
         "input_image": mold_image(image, config),
         "input_image_meta": image_meta.astype(np.float32),
-        "input_rpn_match": rpn_match[:, np.newaxis],
-        "input_rpn_bbox": rpn_bbox,
         "input_gt_class_ids": gt_class_ids,
         "input_gt_boxes": gt_boxes,
         "input_gt_masks": gt_masks,
     }
+    example.update(targets)
+    return {k: example[k] for k in INPUT_NAMES if k in example}
 
 
-def example_spec(config, num_anchors=None):
-    """{input name: (shape without batch, numpy dtype)} of load_training_example."""
-    if num_anchors is None:
-        num_anchors = get_anchors(config, config.IMAGE_SHAPE).shape[0]
+def example_spec(config, num_anchors=None, rpn_targets=None):
+    """{input name: (shape without batch, numpy dtype)} of load_training_example, in
+    INPUT_NAMES order; the RPN targets only if pipeline_rpn_targets(config, rpn_targets)."""
     h, w, c = (int(v) for v in config.IMAGE_SHAPE)
     mask_hw = tuple(config.MINI_MASK_SHAPE) if config.USE_MINI_MASK else (h, w)
     max_gt = config.MAX_GT_INSTANCES
-    return collections.OrderedDict([
+    spec = collections.OrderedDict([
         ("input_image", ((h, w, c), np.float32)),
-        ("input_image_meta", ((config.IMAGE_META_SIZE,), np.float32)),
-        ("input_rpn_match", ((int(num_anchors), 1), np.int32)),
-        ("input_rpn_bbox", ((config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4), np.float32)),
-        ("input_gt_class_ids", ((max_gt,), np.int32)),
-        ("input_gt_boxes", ((max_gt, 4), np.float32)),
-        ("input_gt_masks", (tuple(int(s) for s in mask_hw) + (max_gt,), np.bool_)),
-    ])
+        ("input_image_meta", ((config.IMAGE_META_SIZE,), np.float32))])
+    if pipeline_rpn_targets(config, rpn_targets):
+        if num_anchors is None:
+            num_anchors = get_anchors(config, config.IMAGE_SHAPE).shape[0]
+        spec["input_rpn_match"] = ((int(num_anchors), 1), np.int32)
+        spec["input_rpn_bbox"] = ((config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4), np.float32)
+    spec["input_gt_class_ids"] = ((max_gt,), np.int32)
+    spec["input_gt_boxes"] = ((max_gt, 4), np.float32)
+    spec["input_gt_masks"] = (tuple(int(s) for s in mask_hw) + (max_gt,), np.bool_)
+    return spec
 
 
 ############################################################
@@ -495,7 +520,8 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
                   batch_size=None, no_augmentation_sources=None, on_error="raise",
                   seed=None, skip_empty=True, skip_counter=None,
                   repeat_factor_threshold=None):
-    """A tf.data.Dataset of training batches (dicts keyed by INPUT_NAMES).
+    """A tf.data.Dataset of training batches (dicts keyed as example_spec(config): no
+    RPN targets unless config.RPN_TARGETS_IN_GRAPH is False).
 
     dataset: prepared utils.Dataset with dataset.num_classes == config.NUM_CLASSES.
     shuffle: reshuffle the image order every pass. repeat: loop forever (Keras fit with
@@ -524,8 +550,10 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
         raise ValueError("on_error must be 'raise' or 'skip', got {!r}".format(on_error))
     batch_size = int(batch_size or config.BATCH_SIZE)
     no_aug = set(no_augmentation_sources or [])
-    anchors = get_anchors(config, config.IMAGE_SHAPE)
-    spec = example_spec(config, anchors.shape[0])
+    # Anchors only for the pipeline-side RPN targets (RPN_TARGETS_IN_GRAPH = False).
+    anchors = get_anchors(config, config.IMAGE_SHAPE) if pipeline_rpn_targets(config) \
+        else None
+    spec = example_spec(config, None if anchors is None else anchors.shape[0])
     image_ids = np.asarray(dataset.image_ids, dtype=np.int64)
     counter = skip_counter if skip_counter is not None else SkipCounter()
     if counter.max_consecutive is None:
@@ -743,7 +771,7 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
                        "targets are built from those ROIs); ignored, as Matterport")
     check_dataset(dataset, "dataset", config)
     anchors = get_anchors(config, config.IMAGE_SHAPE)
-    spec = example_spec(config, anchors.shape[0])
+    spec = example_spec(config, anchors.shape[0], rpn_targets=True)
     image_ids = np.copy(dataset.image_ids)
     no_aug = set(no_augmentation_sources or [])
     error_count = 0
@@ -762,7 +790,7 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
             source = dataset.image_info[image_id]["source"]
             example = load_training_example(
                 dataset, config, image_id, anchors,
-                augmentation=None if source in no_aug else augmentation)
+                augmentation=None if source in no_aug else augmentation, rpn_targets=True)
         except (GeneratorExit, KeyboardInterrupt):
             raise
         except Exception:

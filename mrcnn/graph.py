@@ -46,8 +46,7 @@ def build_graph(mode, config):
     if training:
         gt = ground_truth(inputs, config)
         proposals = outputs["rpn_rois"] if config.USE_RPN_ROIS else gt["input_rois"]
-        outputs.update(rpn.rpn_losses(outputs, inputs["input_rpn_match"],
-                                      inputs["input_rpn_bbox"]))
+        outputs.update(rpn.rpn_losses(outputs, *rpn_targets(inputs, config)))
         outputs.update(roi_heads.training_heads(config, proposals, image_meta,
                                                 [P2, P3, P4, P5], gt))
     else:
@@ -66,8 +65,9 @@ def model_inputs(mode, config):
 
     Both modes: input_image [B, H, W, IMAGE_CHANNEL_COUNT] (H, W fixed in training with
     "square"/"crop" resizing), input_image_meta [B, IMAGE_META_SIZE]. Training adds the
-    RPN targets, the GT class ids / pixel boxes / masks (mini masks with USE_MINI_MASK)
-    and, without USE_RPN_ROIS, input_roi (pixel proposals).
+    RPN targets input_rpn_match / input_rpn_bbox only without RPN_TARGETS_IN_GRAPH (else
+    the graph computes them), the GT class ids / pixel boxes / masks (mini masks with
+    USE_MINI_MASK) and, without USE_RPN_ROIS, input_roi (pixel proposals).
     """
     h = w = None
     if config.IMAGE_RESIZE_MODE in ("square", "crop") and mode == "training":
@@ -84,14 +84,25 @@ def model_inputs(mode, config):
         mask_hw = list(config.MINI_MASK_SHAPE)
     else:
         mask_hw = [int(config.IMAGE_SHAPE[0]), int(config.IMAGE_SHAPE[1])]
-    specs = [("input_rpn_match", [None, 1], "int32"), ("input_rpn_bbox", [None, 4], "float32"),
-             ("input_gt_class_ids", [None], "int32"), ("input_gt_boxes", [None, 4], "float32"),
-             ("input_gt_masks", mask_hw + [None], "bool")]
+    specs = [] if config.RPN_TARGETS_IN_GRAPH else [
+        ("input_rpn_match", [None, 1], "int32"), ("input_rpn_bbox", [None, 4], "float32")]
+    specs += [("input_gt_class_ids", [None], "int32"), ("input_gt_boxes", [None, 4], "float32"),
+              ("input_gt_masks", mask_hw + [None], "bool")]
     if not config.USE_RPN_ROIS:
         specs.append(("input_roi", [None, 4], "float32"))
     for name, shape, dtype in specs:
         inputs[name] = keras.Input(shape=shape, name=name, dtype=dtype)
     return inputs
+
+
+def rpn_targets(inputs, config):
+    """(rpn_match [B, A, 1], rpn_bbox [B, RPN_TRAIN_ANCHORS_PER_IMAGE, 4]): computed from
+    the pixel GT boxes and the anchors of the image size (RPN_TARGETS_IN_GRAPH), else the
+    inputs fed by the pipeline."""
+    if not config.RPN_TARGETS_IN_GRAPH:
+        return inputs["input_rpn_match"], inputs["input_rpn_bbox"]
+    return rpn.RpnTargetsLayer(config, name="rpn_targets")(
+        [inputs["input_image"], inputs["input_gt_class_ids"], inputs["input_gt_boxes"]])
 
 
 def ground_truth(inputs, config):

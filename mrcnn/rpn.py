@@ -179,6 +179,16 @@ def generate_pyramid_anchors_graph(image_shape_hw, config):
     feature_stride``. Equal to ``norm_boxes(get_anchors(config, image_shape)...)``
     (computed in float64 like the numpy code, then cast).
     """
+    anchors = pyramid_anchors_pixels_graph(image_shape_hw, config)
+    hw = tf.cast(tf.reshape(image_shape_hw, [-1])[:2], tf.float64)
+    scale = tf.stack([hw[0] - 1.0, hw[1] - 1.0, hw[0] - 1.0, hw[1] - 1.0])
+    shift = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float64)
+    return tf.cast((anchors - shift) / scale, tf.float32)
+
+
+def pyramid_anchors_pixels_graph(image_shape_hw, config):
+    """generate_pyramid_anchors_graph before normalisation: float64 [A, 4] pixel anchors,
+    equal to get_anchors(config, image_shape) (same float64 operations)."""
     scales = list(config.RPN_ANCHOR_SCALES)
     ratios = np.asarray(config.RPN_ANCHOR_RATIOS, dtype=np.float64)
     strides = list(config.BACKBONE_STRIDES)
@@ -203,12 +213,7 @@ def generate_pyramid_anchors_graph(image_shape_hw, config):
         w = tf.broadcast_to(widths[None, None, :], [ny, nx, len(ratios)])
         boxes = tf.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
         levels.append(tf.reshape(boxes, [-1, 4]))
-    anchors = tf.concat(levels, axis=0)
-
-    hw = tf.cast(tf.reshape(image_shape_hw, [-1])[:2], tf.float64)
-    scale = tf.stack([hw[0] - 1.0, hw[1] - 1.0, hw[0] - 1.0, hw[1] - 1.0])
-    shift = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float64)
-    return tf.cast((anchors - shift) / scale, tf.float32)
+    return tf.concat(levels, axis=0)
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -550,6 +555,216 @@ def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=
         rpn_bbox[:positive.shape[0]] = coder.encode(anchors[positive],
                                                     gt_boxes[best_gt[positive]])
     return rpn_match, rpn_bbox
+
+
+############################################################
+#  Anchor targets in the graph
+############################################################
+
+# GT boxes per IoU block in rpn_targets_graph: one block's [B, block, A] float64 IoU is
+# 2 * 8 * 261888 * 8 bytes = 34 MB at 1024 px, batch 2; a few such temporaries are alive.
+_GRAPH_GT_BLOCK = 8
+
+# Where rows that must match nothing (padding, or crowds in the object pass) are moved: a
+# zero-area box no anchor reaches, whose IoU with every anchor is exactly 0.
+_NOWHERE = -1e9
+
+
+def _iou_block_graph(anchor_cols, anchor_area, boxes):
+    """IoU of anchors (4 columns [A] float64, areas [A]) with boxes [B, k, 4] float64 ->
+    [B, k, A], by the same float64 operations, in the same order, as _max_iou_blocks (so
+    equal). Anchors have positive areas, so no union is 0 (numpy's guard never acts)."""
+    ay1, ax1, ay2, ax2 = anchor_cols
+    gy1, gx1, gy2, gx2 = (boxes[:, :, i:i + 1] for i in range(4))
+    inter = tf.maximum(tf.minimum(ay2, gy2) - tf.maximum(ay1, gy1), 0.0)
+    inter = inter * tf.maximum(tf.minimum(ax2, gx2) - tf.maximum(ax1, gx1), 0.0)
+    return inter / ((anchor_area + (gy2 - gy1) * (gx2 - gx1)) - inter)
+
+
+def _first_max_index(values, block_max, start):
+    """Index (offset by start) of the first entry of values [B, k, A] along k that equals
+    block_max [B, A]: np.argmax's tie rule, which tf.argmax does not promise."""
+    k = tf.shape(values)[1]
+    index = tf.range(k)[None, :, None]
+    hit = tf.equal(values, block_max[:, None, :])
+    return tf.reduce_min(tf.where(hit, index, k), axis=1) + start
+
+
+def _object_block(state, iou, start):
+    """Fold one block's IoU [B, k, A] into (best_iou, best_gt, is_gt_best) [B, A], as
+    one loop of _max_iou_blocks."""
+    best_iou, best_gt, is_gt_best = state
+    block_max = tf.reduce_max(iou, axis=1)
+    better = block_max > best_iou  # strict: an earlier block keeps ties (np.argmax)
+    best_gt = tf.where(better, _first_max_index(iou, block_max, start), best_gt)
+    best_iou = tf.where(better, block_max, best_iou)
+    box_max = tf.reduce_max(iou, axis=2, keepdims=True)
+    # A box touching no anchor (max 0) matches none: 2 is above any IoU.
+    box_max = tf.where(box_max > 0, box_max, 2.0)
+    return best_iou, best_gt, is_gt_best | tf.reduce_any(tf.equal(iou, box_max), axis=1)
+
+
+def _crowd_block(state, iou, start):
+    """Fold one block's IoU [B, k, A] into the best crowd IoU [B, A]."""
+    return (tf.maximum(state[0], tf.reduce_max(iou, axis=1)),)
+
+
+def _rows_first(gt_boxes, wanted, block):
+    """The rows where wanted [B, G] first, in their order (so first-max ties go as in
+    numpy), the others moved to _NOWHERE; cut to the batch's largest count rounded up to
+    a multiple of block. Returns (boxes [B, n, 4], n)."""
+    order = tf.argsort(tf.cast(~wanted, tf.int32), axis=1, stable=True)
+    keep = tf.gather(wanted, order, batch_dims=1)[:, :, None]
+    boxes = tf.where(keep, tf.gather(gt_boxes, order, batch_dims=1), _NOWHERE)
+    count = tf.reduce_max(tf.reduce_sum(tf.cast(wanted, tf.int32), axis=1))
+    padded = (count + block - 1) // block * block
+    boxes = tf.pad(boxes[:, :count], [[0, 0], [0, padded - count], [0, 0]],
+                   constant_values=_NOWHERE)
+    return boxes, padded
+
+
+def _fold_blocks(fold, state, anchors, boxes, count, block):
+    """state = fold(state, IoU of anchors with boxes[:, start:start + block], start) for
+    start = 0, block, ... < count: a graph loop, one block's temporaries at a time."""
+    anchor_cols = [anchors[:, i] for i in range(4)]
+    anchor_area = (anchor_cols[2] - anchor_cols[0]) * (anchor_cols[3] - anchor_cols[1])
+
+    def body(start, state):
+        iou = _iou_block_graph(anchor_cols, anchor_area, boxes[:, start:start + block])
+        return start + block, fold(state, iou, start)
+
+    # parallel_iterations=1: blocks run one after another (the memory bound).
+    _, state = tf.while_loop(lambda start, _: start < count, body, (0, state),
+                             parallel_iterations=1)
+    return state
+
+
+def _match_anchors_graph(anchors, gt_class_ids, gt_boxes, block=None):
+    """Per-anchor IoU statistics, looping over blocks of GT boxes.
+
+    anchors [A, 4], gt_boxes [B, G, 4] float64 pixels; gt_class_ids [B, G] int32.
+    Returns object_boxes [B, n, 4] (the non-crowd GT first, in order; best_gt indexes
+    them), best_iou [B, A], best_gt [B, A] int32, is_gt_best [B, A] bool and crowd_iou
+    [B, A] (best IoU with a crowd box). Only the batch's largest object (crowd) count
+    is looped over, not the padding.
+    """
+    block = int(block or _GRAPH_GT_BLOCK)
+    zeros = tf.zeros([tf.shape(gt_boxes)[0], tf.shape(anchors)[0]], tf.float64)
+    objects, count = _rows_first(gt_boxes, gt_class_ids > 0, block)
+    best_iou, best_gt, is_gt_best = _fold_blocks(
+        _object_block, (zeros, tf.zeros_like(zeros, tf.int32), tf.zeros_like(zeros, tf.bool)),
+        anchors, objects, count, block)
+    crowds, count = _rows_first(gt_boxes, gt_class_ids < 0, block)
+    crowd_iou, = _fold_blocks(_crowd_block, (zeros,), anchors, crowds, count, block)
+    return objects, best_iou, best_gt, is_gt_best, crowd_iou
+
+
+def _random_keep(candidates, k, count):
+    """Keep min(count, k, #candidates) random True entries of candidates [B, A] per image
+    (count [B] int32); returns bool [B, A]. Random keys + top_k: no per-image loop."""
+    keys = tf.where(candidates, tf.random.uniform(tf.shape(candidates)), -1.0)
+    top = tf.math.top_k(keys, k)
+    take = (top.values >= 0) & (tf.range(k)[None, :] < count[:, None])
+    batch = tf.broadcast_to(tf.range(tf.shape(keys)[0])[:, None], tf.shape(top.indices))
+    where = tf.stack([batch, top.indices], axis=-1)
+    return tf.scatter_nd(where, tf.cast(take, tf.int32), tf.shape(keys)) > 0
+
+
+def _balance_graph(positive, negative, total):
+    """_balance for a batch: at most total // 2 positives, negatives fill up to total."""
+    num_anchors = tf.shape(positive)[1]
+    count = tf.fill([tf.shape(positive)[0]], total // 2)
+    positive = _random_keep(positive, tf.minimum(total // 2, num_anchors), count)
+    count = total - tf.reduce_sum(tf.cast(positive, tf.int32), axis=1)
+    negative = _random_keep(negative, tf.minimum(total, num_anchors), count)
+    return positive, negative
+
+
+def _positive_deltas_graph(positive, anchors, gt_boxes, best_gt, coder, total):
+    """rpn_bbox [B, total, 4]: row i = encoded deltas of the image's i-th positive anchor
+    in anchor order (at most total // 2 of them), zero padded."""
+    num_anchors = tf.shape(positive)[1]
+    k = tf.minimum(total // 2, num_anchors)
+    # Descending keys A - index pick the positives, lowest index first.
+    keys = tf.where(positive, num_anchors - tf.range(num_anchors)[None, :], 0)
+    top = tf.math.top_k(keys, k)
+    index = num_anchors - top.values
+    valid = top.values > 0
+    index = tf.where(valid, index, 0)
+    # One spare row: a batch without objects has no GT row for the padding to gather.
+    gt_boxes = tf.pad(gt_boxes, [[0, 0], [0, 1], [0, 0]])
+    gt = tf.gather(gt_boxes, tf.gather(best_gt, index, batch_dims=1), batch_dims=1)
+    deltas = coder.encode_graph(tf.gather(anchors, index), gt)
+    deltas = tf.where(valid[:, :, None], deltas, 0.0)
+    return tf.ensure_shape(tf.pad(deltas, [[0, 0], [0, total - k], [0, 0]]),
+                           [None, total, 4])
+
+
+def rpn_targets_graph(anchors, gt_class_ids, gt_boxes, config, block=None):
+    """build_rpn_targets for a batch, in TF ops (no per-image or per-box Python loop).
+
+    anchors: [A, 4] pixels (pyramid_anchors_pixels_graph; float64 keeps the IoU equal to
+    the numpy one). gt_class_ids: [B, G] int (0 = padding, < 0 = crowd).
+    gt_boxes: [B, G, 4] pixels. block: GT boxes per IoU block (memory bound).
+    Same rules as build_rpn_targets; the subsampling draws tf.random.uniform keys.
+    Returns rpn_match int32 [B, A] (1 / -1 / 0) and rpn_bbox float32
+    [B, RPN_TRAIN_ANCHORS_PER_IMAGE, 4] (std-scaled deltas of the positives in anchor order,
+    zero padded).
+    """
+    anchors = tf.cast(anchors, tf.float64)
+    gt_boxes = tf.cast(gt_boxes, tf.float64)
+    gt_class_ids = tf.cast(gt_class_ids, tf.int32)
+    total = int(config.RPN_TRAIN_ANCHORS_PER_IMAGE)
+    gt_boxes, best_iou, best_gt, is_gt_best, crowd_iou = _match_anchors_graph(
+        anchors, gt_class_ids, gt_boxes, block)
+    # build_rpn_targets' order: negatives first, then positives overwrite them.
+    positive = is_gt_best | (best_iou >= config.RPN_POSITIVE_IOU)
+    negative = ~positive & (best_iou < config.RPN_NEGATIVE_IOU) & (crowd_iou < CROWD_IOU)
+    positive, negative = _balance_graph(positive, negative, total)
+    rpn_match = tf.cast(positive, tf.int32) - tf.cast(negative, tf.int32)
+    coder = BoxCoder(config.RPN_BBOX_STD_DEV, "RPN_BBOX_STD_DEV")
+    rpn_bbox = _positive_deltas_graph(positive, anchors, gt_boxes, best_gt, coder, total)
+    return rpn_match, rpn_bbox
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class RpnTargetsLayer(keras.layers.Layer):
+    """The RPN's training targets computed in the graph (config.RPN_TARGETS_IN_GRAPH).
+
+    inputs: [molded images [B, H, W, C] (for the anchors of their size), gt_class_ids
+    [B, G], gt_boxes [B, G, 4] pixels] -> [rpn_match int32 [B, A, 1], rpn_bbox float32
+    [B, RPN_TRAIN_ANCHORS_PER_IMAGE, 4]], the layout of input_rpn_match / input_rpn_bbox.
+    """
+
+    def __init__(self, config=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.config = config
+
+    def call(self, inputs):
+        images, gt_class_ids, gt_boxes = inputs
+        anchors = self._pixel_anchors(images)
+        rpn_match, rpn_bbox = rpn_targets_graph(anchors, gt_class_ids, gt_boxes,
+                                                self.config)
+        return [tf.stop_gradient(rpn_match[:, :, None]), tf.stop_gradient(rpn_bbox)]
+
+    def _pixel_anchors(self, images):
+        static_hw = tuple(images.shape[1:3])
+        if callable(self.config.BACKBONE) and None in static_hw:
+            # COMPUTE_BACKBONE_SHAPE is Python: call get_anchors at run time.
+            anchors = tf.numpy_function(self._numpy_anchors, [tf.shape(images)[1:3]],
+                                        tf.float64, stateful=False)
+            return tf.reshape(anchors, [-1, 4])
+        hw = static_hw if None not in static_hw else tf.shape(images)[1:3]
+        return pyramid_anchors_pixels_graph(hw, self.config)
+
+    def _numpy_anchors(self, hw):
+        return get_anchors(self.config, (int(hw[0]), int(hw[1]),
+                                         self.config.IMAGE_CHANNEL_COUNT))
+
+    def compute_output_shape(self, input_shape):
+        batch = input_shape[0][0]
+        return [(batch, None, 1), (batch, self.config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4)]
 
 
 ############################################################

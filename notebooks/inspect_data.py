@@ -281,8 +281,9 @@ visualize.draw_boxes(image, boxes=anchors[positive], refined_boxes=refined,
 #
 # `build_dataset` turns a `Dataset` into the `tf.data` pipeline `train` consumes: each batch
 # is a dictionary keyed by the training model's input names, images molded (resized, mean
-# pixel subtracted), masks as mini masks, RPN targets computed, everything zero-padded to
-# fixed sizes.
+# pixel subtracted), masks as mini masks, everything zero-padded to fixed sizes. The RPN
+# targets are not in it: the training graph computes them from the GT boxes, by the rules
+# above (set `RPN_TARGETS_IN_GRAPH = False` to compute them here instead).
 
 # %%
 pipeline = build_dataset(dataset, config, shuffle=False, augmentation=None, seed=0)

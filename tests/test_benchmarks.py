@@ -109,9 +109,9 @@ def test_synthetic_example_is_deterministic_and_well_formed():
 def test_synthetic_training_batch_has_the_training_inputs():
     config = bench_speed.make_config(128, tiny=True)
     batch = bench_speed.synthetic_training_batch(config)
-    assert list(batch) == ["input_image", "input_image_meta", "input_rpn_match",
-                           "input_rpn_bbox", "input_gt_class_ids", "input_gt_boxes",
-                           "input_gt_masks"]
+    # The pipeline's batch: the graph computes the RPN targets (RPN_TARGETS_IN_GRAPH).
+    assert list(batch) == ["input_image", "input_image_meta", "input_gt_class_ids",
+                           "input_gt_boxes", "input_gt_masks"]
     assert batch["input_image"].shape == (1, 128, 128, 3)
     # The four objects of seed 0 become the ground truth, classes and boxes included.
     _, masks, ids = bench_speed.synthetic_example(128, config.NUM_CLASSES, 4, seed=0)
@@ -119,8 +119,12 @@ def test_synthetic_training_batch_has_the_training_inputs():
     ys, xs = np.where(masks[..., 0])
     np.testing.assert_array_equal(batch["input_gt_boxes"][0, 0],
                                   [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1])
-    # Real RPN targets: some positive anchors, RPN_TRAIN_ANCHORS_PER_IMAGE at most.
-    match = batch["input_rpn_match"][0, :, 0]
+    # Real RPN targets from its GT: some positive anchors, RPN_TRAIN_ANCHORS_PER_IMAGE at most.
+    from mrcnn import rpn
+    anchors = rpn.get_anchors(config, config.IMAGE_SHAPE)
+    match, _ = rpn.rpn_targets_graph(anchors, batch["input_gt_class_ids"],
+                                     batch["input_gt_boxes"], config)
+    match = match.numpy()[0]
     assert 0 < np.sum(match == 1) and np.sum(match != 0) <= config.RPN_TRAIN_ANCHORS_PER_IMAGE
 
 

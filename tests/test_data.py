@@ -435,8 +435,9 @@ def _all_batches(tf_ds):
     return [{k: v.numpy() for k, v in b.items()} for b in tf_ds]
 
 
-def test_build_dataset_shapes_and_content():
-    config = TinyConfig()
+@pytest.mark.parametrize("in_graph", [True, False])
+def test_build_dataset_shapes_and_content(in_graph):
+    config = make_config(RPN_TARGETS_IN_GRAPH=in_graph)
     ds = RectDataset([{"rects": RECTS}, {"rects": []}, {"rects": RECTS[:2]},
                       {"rects": RECTS[1:]}, {"rects": RECTS[:1]}])
     tf_ds = data.build_dataset(ds, config, shuffle=False, repeat=False)
@@ -456,13 +457,18 @@ def test_build_dataset_shapes_and_content():
             image, meta, ids, boxes, masks = data.load_image_gt(ds, config, image_id,
                                                                 use_mini_mask=None)
             np.testing.assert_allclose(b["input_image_meta"][i], meta)
+            # Molded in float64, rounded once to float32 (mold_image, as Matterport).
             np.testing.assert_allclose(b["input_image"][i],
-                                       image - config.MEAN_PIXEL.astype(np.float32))
+                                       (image - config.MEAN_PIXEL).astype(np.float32))
             n = len(ids)
             np.testing.assert_array_equal(b["input_gt_class_ids"][i, :n], ids)
             assert not b["input_gt_class_ids"][i, n:].any()
             np.testing.assert_array_equal(b["input_gt_boxes"][i, :n], boxes)
             np.testing.assert_array_equal(b["input_gt_masks"][i, :, :, :n], masks)
+            # RPN targets only when the graph does not compute them.
+            assert ("input_rpn_match" in b) != in_graph
+            if in_graph:
+                continue
             match = b["input_rpn_match"][i, :, 0]
             pos = np.flatnonzero(match == 1)
             assert 0 < len(pos) <= 32 and len(pos) + (match == -1).sum() <= 64
@@ -532,7 +538,9 @@ def test_data_generator_matterport_layout():
     gen = data.data_generator(ds, config, shuffle=False, batch_size=2)
     inputs, outputs = next(gen)
     assert outputs == [] and len(inputs) == 7
-    for arr, (shape, dtype) in zip(inputs, data.example_spec(config).values()):
+    spec = data.example_spec(config, rpn_targets=True)  # Matterport's list, whatever mode
+    assert list(spec) == list(data.INPUT_NAMES)
+    for arr, (shape, dtype) in zip(inputs, spec.values()):
         assert arr.shape == (2,) + shape and arr.dtype == dtype
     np.testing.assert_array_equal(inputs[1][:, 0], [0, 2])  # the empty image is skipped
     # detection_targets without random_rois: ignored with a warning (Matterport).

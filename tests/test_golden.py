@@ -50,9 +50,11 @@ def inference_config(kind):
 
 
 def training_config(kind):
-    """Tiny backbone; every sampled ROI set fixed (see the module docstring)."""
+    """Tiny backbone; every sampled ROI set fixed (see the module docstring). The RPN
+    targets are the batch's (numpy, fixed rng), fed as inputs: the graph-side targets
+    draw their own sample (tests/test_rpn_targets.py checks them on this batch)."""
     attrs = dict(NAME="golden_train_" + kind, IMAGES_PER_GPU=2, CASCADE=kind == "cascade",
-                 WEIGHT_DECAY=0.0,
+                 WEIGHT_DECAY=0.0, RPN_TARGETS_IN_GRAPH=False,
                  RPN_ANCHOR_RATIOS=[1], RPN_NMS_THRESHOLD=0.5)
     return type("GoldenTrain", (tiny_shapes_config_class(),), attrs)()
 
