@@ -46,6 +46,8 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"),
 
 
 def test_detect_memory_flat_and_single_trace(tmp_path):
+    # Random weights detect nothing for some initialisations: fix one that detects.
+    keras.utils.set_random_seed(0)
     model = modellib.MaskRCNN("inference", MemoryInferenceConfig(), str(tmp_path))
     rng = np.random.default_rng(0)
     sizes = [(int(rng.integers(24, 200)), int(rng.integers(24, 200))) for _ in range(60)]
