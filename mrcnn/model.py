@@ -398,7 +398,7 @@ class MaskRCNN(object):
         return unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape,
                                  window)
 
-    def detect(self, images, verbose=0):
+    def detect(self, images, verbose=0, tile=None, overlap=None, masks="full"):
         """Detect instances in any number of images.
 
         images: list of images [H, W, 3] (uint8; grayscale, RGBA, uint16 and float are
@@ -408,11 +408,24 @@ class MaskRCNN(object):
 
         The one detection path: mold_inputs -> detect_molded(to_original=True), which runs
         the network and unmolds into each image's own pixels.
+
+        tile: None (each image resized into the model, as above) or a window side, a
+        multiple of 64: large images are cut into overlapping tile x tile windows fed at
+        scale 1, and the detections merged (mrcnn.tiling.detect_tiled; overlap defaults
+        to tile // 4). masks (with tile): "full" (as above), "crops" (a list of bool
+        masks the size of each roi) or "rle" (pycocotools RLE dicts) for huge images.
         """
         if self.mode != "inference":
             raise RuntimeError("Create the model in inference mode to detect")
         images = check_images(images, self.config.IMAGE_CHANNEL_COUNT,
                               self.config.IMAGE_BIT_DEPTH)
+        if tile is not None:
+            from mrcnn.tiling import detect_tiled
+            return [detect_tiled(self, image, tile=tile, overlap=overlap, masks=masks,
+                                 verbose=verbose) for image in images]
+        if masks != "full" or overlap is not None:
+            raise ValueError("overlap and masks={!r} need tile= (tiled detection)".format(
+                masks))
         if verbose:
             print("Processing {} images".format(len(images)))
         results = []
