@@ -71,6 +71,11 @@ class Config(object):
     # carries no input_rpn_match / input_rpn_bbox. False: build_rpn_targets computes them
     # per image in the input pipeline and the graph takes them as inputs (Matterport).
     RPN_TARGETS_IN_GRAPH = True
+    # Forked worker processes that load training images (decode, masks, resize, imgaug)
+    # beside TensorFlow, so the input pipeline uses every core (mrcnn.workers). None: one
+    # per core this process may use (os.sched_getaffinity), 0 with one core or where fork
+    # is unavailable (Windows, macOS); 0: load in-process. Same batches either way.
+    DATA_WORKERS = None
     # Channels of the RPN's shared 3x3 conv, run on every pyramid level: 512 as Matterport
     # (its weight files need it); 256 as detectron2 / Model Garden halves the RPN's cost,
     # a fifth of inference time at 1024 px.
@@ -437,6 +442,8 @@ class Config(object):
             self._fail("OPTIMIZER", "must be 'sgd' or 'adam'")
         if not isinstance(self.RPN_TARGETS_IN_GRAPH, (bool, np.bool_)):
             self._fail("RPN_TARGETS_IN_GRAPH", "must be True or False")
+        if self.DATA_WORKERS is not None:
+            self._positive_int("DATA_WORKERS", allow_zero=True)
         self._validate_class_balance()
 
     def _validate_class_balance(self):

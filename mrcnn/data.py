@@ -29,6 +29,8 @@ import threading
 import numpy as np
 
 from mrcnn import utils
+from mrcnn.masks import _gather_zoom, _zoom_rows
+from mrcnn.workers import PoolClosedError
 from mrcnn.rpn import build_rpn_targets, get_anchors, random_subset
 from mrcnn.augment import AugmentationError, augment_image_and_masks
 from mrcnn.preprocess import compose_image_meta, image_to_uint8, mold_image
@@ -211,21 +213,84 @@ def _load_gt(dataset, config, image_id, augmentation, use_mini_mask, augment, rn
     num_classes = min(dataset.num_classes, config.NUM_CLASSES)
     mask, class_ids = _checked_annotations(mask, class_ids, image.shape, num_classes, what)
     original_shape = image.shape
-    image, mask, window, scale = _resized_gt(image, mask, config, what)
-    image, mask = _augmented_gt(image, mask, augment, augmentation, rng, what)
+    image, window, scale, padding, crop = _resized_image(image, config, what)
+    if use_mini_mask and not augment and not augmentation and DIRECT_MINI_MASKS:
+        class_ids, bbox, mask = _direct_mini_gt(mask, class_ids, scale, padding, crop,
+                                                config.MINI_MASK_SHAPE)
+    else:
+        mask = _resized_mask(mask, image, scale, padding, crop)
+        image, mask = _augmented_gt(image, mask, augment, augmentation, rng, what)
+        class_ids, bbox, mask = _kept_gt(mask, class_ids, use_mini_mask, config)
+    active_class_ids = _active_class_ids(dataset, image_id)
+    return (image, class_ids, bbox, mask.astype(bool, copy=False), original_shape, window,
+            scale, active_class_ids)
 
-    # Instances cropped or augmented out of the image leave empty masks: drop them.
+
+def _kept_gt(mask, class_ids, use_mini_mask, config):
+    """Drop instances left empty (cropped or augmented out), box the rest, and shrink
+    their masks to mini masks if asked: (class_ids, bbox, mask)."""
     keep = np.any(mask, axis=(0, 1))
     mask = mask[:, :, keep]
     class_ids = class_ids[keep]
     bbox = utils.extract_bboxes(mask)
-
-    active_class_ids = _active_class_ids(dataset, image_id)
     if use_mini_mask:
         mask = utils.minimize_mask(bbox, mask, config.MINI_MASK_SHAPE)
+    return class_ids, bbox, mask
 
-    return (image, class_ids, bbox, mask.astype(bool, copy=False), original_shape, window,
-            scale, active_class_ids)
+
+# True: without augmentation, mini masks are made from each instance's own box
+# (_direct_mini_gt), equal to resizing the whole stack first; False: the whole stack
+# (the reference path, kept for tests and benchmarks).
+DIRECT_MINI_MASKS = True
+
+
+def _direct_mini_gt(mask, class_ids, scale, padding, crop, mini_shape):
+    """_resized_mask + _kept_gt with mini masks, the same arrays, without building the
+    resized [H, W, N] stack: the nearest-neighbour zoom is a gather, so each instance's
+    resized mask is zero outside the output rows / columns that read its source box, and
+    only that block is gathered (upscaled DSB2018 stacks cost more than the rest)."""
+    rows, top = _frame_sources(mask.shape[0], scale, crop, 0, padding)
+    cols, left = _frame_sources(mask.shape[1], scale, crop, 1, padding)
+    keep, boxes, minis = [], [], []
+    for i, (y1, x1, y2, x2) in enumerate(utils.extract_bboxes(mask)):
+        block, (by, bx) = _instance_block(mask[:, :, i], rows, cols, (y1, y2), (x1, x2))
+        if block is None:
+            continue
+        keep.append(i)
+        boxes.append((by + top, bx + left, by + top + block.shape[0],
+                      bx + left + block.shape[1]))
+        minis.append(utils.minimize_mask([(0, 0) + block.shape], block[:, :, None],
+                                         mini_shape))
+    bbox = np.array(boxes, np.int32).reshape(-1, 4)
+    mini = (np.concatenate(minis, axis=2) if minis
+            else np.zeros(tuple(int(v) for v in mini_shape) + (0,), bool))
+    return class_ids[np.array(keep, np.intp)], bbox, mini
+
+
+def _frame_sources(n_in, scale, crop, axis, padding):
+    """Source index of each output pixel along an axis before padding (-1: zero), as
+    resize_mask's gather, and the padding before it (0 with a crop)."""
+    index = (np.arange(n_in) if scale == 1 else _zoom_rows(n_in, scale))
+    if crop is not None:
+        return index[crop[axis]:crop[axis] + crop[axis + 2]], 0
+    return index, int(padding[axis][0])
+
+
+def _instance_block(mask, rows, cols, y_range, x_range):
+    """The nonzero part of one resized instance mask, and its (row, column) offset in the
+    output before padding; (None, None) when it is empty. Outputs reading a source row
+    or column outside the source box are zero, so only the span of those that read
+    inside it is gathered (the zoom is monotone, so the span is contiguous)."""
+    r = np.flatnonzero((rows >= y_range[0]) & (rows < y_range[1]))
+    c = np.flatnonzero((cols >= x_range[0]) & (cols < x_range[1]))
+    if not len(r) or not len(c):
+        return None, (None, None)
+    block = _gather_zoom(mask, rows[r[0]:r[-1] + 1], cols[c[0]:c[-1] + 1])
+    ys, xs = np.flatnonzero(block.any(axis=1)), np.flatnonzero(block.any(axis=0))
+    if not len(ys):
+        return None, (None, None)
+    block = block[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1]
+    return block.astype(bool, copy=False), (int(r[0] + ys[0]), int(c[0] + xs[0]))
 
 
 def _call_loader(dataset, method, image_id, what):
@@ -240,8 +305,17 @@ def _call_loader(dataset, method, image_id, what):
             what, method, type(e).__name__, e)) from e
 
 
-def _resized_gt(image, mask, config, what):
-    """Resize image and masks per config; returns (image, mask, window, scale)."""
+def _resized_mask(mask, image, scale, padding, crop):
+    """The masks resized as resize_image resized ``image`` (now resized)."""
+    if mask.shape[2]:
+        return utils.resize_mask(mask, scale, padding, crop)
+    # Nothing to zoom; keep the stack in step with the image.
+    return np.zeros(image.shape[:2] + (0,), dtype=bool)
+
+
+def _resized_image(image, config, what):
+    """resize_image per config, with errors naming the image: (image, window, scale,
+    padding, crop)."""
     original_shape = image.shape
     # "square" shrinks the long side to IMAGE_MAX_DIM (only it ever scales down): an
     # extreme aspect ratio (e.g. 10000 x 40 at 64) leaves a short side under 2 pixels,
@@ -264,11 +338,7 @@ def _resized_gt(image, mask, config, what):
         raise ImageError("{}: image of shape {} is too thin: it is {}x{} pixels once "
                          "resized".format(what, original_shape, window[2] - window[0],
                                           window[3] - window[1]))
-    if mask.shape[2]:
-        mask = utils.resize_mask(mask, scale, padding, crop)
-    else:  # nothing to zoom; keep the stack in step with the image
-        mask = np.zeros(image.shape[:2] + (0,), dtype=bool)
-    return image, mask, window, scale
+    return image, window, scale, padding, crop
 
 
 def _augmented_gt(image, mask, augment, augmentation, rng, what):
@@ -336,6 +406,15 @@ def load_training_example(dataset, config, image_id, anchors=None, augmentation=
     With more than MAX_GT_INSTANCES instances, a random subset of MAX_GT_INSTANCES is
     kept (Matterport) so the example still fits.
     """
+    example = _training_example(dataset, config, image_id, anchors, augmentation, rng,
+                                rpn_targets)
+    example["input_image"] = mold_image(example["input_image"], config)
+    return example
+
+
+def _training_example(dataset, config, image_id, anchors, augmentation, rng, rpn_targets):
+    """load_training_example with the image not yet molded (uint8): what the pipeline's
+    workers send (a quarter of the bytes); the float64 mean subtraction runs in TF."""
     what = describe_image(dataset, image_id)
     use_mini_mask = config.USE_MINI_MASK
     parts = _load_gt(dataset, config, image_id, augmentation, use_mini_mask, False, rng)
@@ -370,7 +449,7 @@ def load_training_example(dataset, config, image_id, anchors=None, augmentation=
                                what, image_meta.shape[0], meta_size, dataset.num_classes,
                                config.NUM_CLASSES))
     example = {
-        "input_image": mold_image(image, config),
+        "input_image": image,
         "input_image_meta": image_meta.astype(np.float32),
         "input_gt_class_ids": gt_class_ids,
         "input_gt_boxes": gt_boxes,
@@ -519,7 +598,7 @@ def repeat_factors(dataset, threshold):
 def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
                   batch_size=None, no_augmentation_sources=None, on_error="raise",
                   seed=None, skip_empty=True, skip_counter=None,
-                  repeat_factor_threshold=None):
+                  repeat_factor_threshold=None, workers=None):
     """A tf.data.Dataset of training batches (dicts keyed as example_spec(config): no
     RPN targets unless config.RPN_TARGETS_IN_GRAPH is False).
 
@@ -540,6 +619,10 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
     repeat_factor_threshold: None, or repeat-factor sampling (config.REPEAT_FACTOR_THRESHOLD;
         see ``repeat_factors``): every pass takes each image floor(r) times and once more
         with probability frac(r), in a new random order.
+    workers: processes loading images beside TensorFlow (mrcnn.workers.WorkerPool, forked
+        on first use, attached as ``result.worker_pool``; close() it to free them early);
+        None -> config.DATA_WORKERS, whose None is one per usable core (0 on one core or
+        without fork). 0 loads in-process. The batches are the same either way.
 
     Image size: batches need one shape, config.IMAGE_SHAPE. "square" and "crop" modes
     always give it; in "none"/"pad64" modes smaller images are zero-padded at the
@@ -558,37 +641,103 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
     counter = skip_counter if skip_counter is not None else SkipCounter()
     if counter.max_consecutive is None:
         counter.max_consecutive = max(2 * len(image_ids), 20)
-    load = _example_loader(dataset, config, anchors, spec, augmentation, no_aug, on_error,
-                           seed, skip_empty, counter)
+    produce = _example_producer(dataset, config, anchors, augmentation, no_aug, seed)
+    pool = _worker_pool(produce, config, workers)
+    load = _example_loader(dataset, produce, pool, _transport_spec(spec), on_error,
+                           skip_empty, counter)
     factors = None
     if repeat_factor_threshold:
         factors = repeat_factors(dataset, repeat_factor_threshold)
         logger.info("Repeat-factor sampling (threshold %g): %d images, %.1f per pass on "
                     "average, largest factor %.2f", repeat_factor_threshold, len(factors),
                     factors.sum(), factors.max(initial=1.0))
-    ds = _batched_pipeline(image_ids, _tf_loader(load, spec), shuffle, repeat, seed,
-                           batch_size, factors)
+    ds = _batched_pipeline(image_ids, _tf_loader(load, _transport_spec(spec)), shuffle,
+                           repeat, seed, batch_size, factors,
+                           parallel=2 * pool.processes if pool else None)
+    ds = _molded_batches(ds, config)
     ds.skip_counter = counter
+    ds.worker_pool = pool
     return ds
 
 
-def _example_loader(dataset, config, anchors, spec, augmentation, no_aug, on_error, seed,
-                    skip_empty, counter):
-    """build_dataset's per-image numpy function: load(image_id, index) -> the example's
-    arrays in spec order plus an "ok" flag (False: skipped, arrays are zeros)."""
-    zeros = [np.zeros(shape, dtype) for shape, dtype in spec.values()]
+def _worker_pool(produce, config, workers):
+    """A WorkerPool running ``produce`` (None for in-process loading)."""
+    from mrcnn import workers as worker_processes   # numpy-only, like this module
+    if workers is None:
+        workers = config.DATA_WORKERS
+    if workers is None:
+        workers = worker_processes.default_workers()
+    if int(workers) <= 0:
+        return None
+    if "fork" not in __import__("multiprocessing").get_all_start_methods():
+        logger.warning("DATA_WORKERS=%s needs the fork start method, unavailable here: "
+                       "loading in-process", workers)
+        return None
+    return worker_processes.WorkerPool(produce, int(workers))
 
-    def load(image_id, index):
-        image_id, index = int(image_id), int(index)
+
+def _transport_spec(spec):
+    """The spec of what the loader returns: the image as uint8 (molded in TF later)."""
+    out = collections.OrderedDict(spec)
+    out["input_image"] = (spec["input_image"][0], np.uint8)
+    return out
+
+
+def _molded_batches(ds, config):
+    """mold_image in TF on whole batches: float64 mean subtraction rounded to float32,
+    bit for bit numpy's (both are IEEE operations in the same order), outside the GIL."""
+    import tensorflow as tf
+    mean = tf.constant(np.asarray(config.MEAN_PIXEL, np.float64))
+
+    def mold(batch):
+        batch = dict(batch)
+        image = tf.cast(batch["input_image"], tf.float64) - mean
+        batch["input_image"] = tf.cast(image, tf.float32)
+        return batch
+
+    ds = ds.map(mold, num_parallel_calls=tf.data.AUTOTUNE)
+    return _device_prefetch(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def _device_prefetch(ds):
+    """Batches copied to the GPU ahead of the step when exactly one is visible and no
+    distribution strategy is in scope (strategies place batches on their replicas
+    themselves, and rebatch datasets, which must then not end on a device); unchanged
+    on CPU."""
+    import tensorflow as tf
+    if len(tf.config.list_logical_devices("GPU")) != 1 or tf.distribute.has_strategy():
+        return ds
+    return ds.apply(tf.data.experimental.prefetch_to_device("/gpu:0"))
+
+
+def _example_producer(dataset, config, anchors, augmentation, no_aug, seed):
+    """produce(image_id, index) -> the example dict (uint8 image), or an exception: numpy
+    only (it runs in forked workers, which must not touch TensorFlow). The random
+    generator comes from (seed, index), so a worker computes what the process would."""
+
+    def produce(image_id, index):
         rng = (np.random.default_rng([seed, index]) if seed is not None
                else np.random.default_rng())
         source = dataset.image_info[image_id]["source"]
         aug = None if source in no_aug else augmentation
+        return _training_example(dataset, config, image_id, anchors, aug, rng, None)
+
+    return produce
+
+
+def _example_loader(dataset, produce, pool, spec, on_error, skip_empty, counter):
+    """build_dataset's per-image numpy function: load(image_id, index) -> the example's
+    arrays in spec order plus an "ok" flag (False: skipped, arrays are zeros). Errors and
+    skips are counted here, in the pipeline's process, wherever the example was made."""
+    zeros = [np.zeros(shape, dtype) for shape, dtype in spec.values()]
+
+    def load(image_id, index):
+        image_id, index = int(image_id), int(index)
         try:
-            example = load_training_example(dataset, config, image_id, anchors,
-                                            augmentation=aug, rng=rng)
+            example = (pool.submit(image_id, index).result() if pool is not None
+                       else produce(image_id, index))
         except Exception as e:
-            if on_error == "raise":
+            if on_error == "raise" or isinstance(e, PoolClosedError):
                 # tf.data re-raises it wrapped in an InvalidArgumentError whose message
                 # starts with TF's own text; pipeline_error() finds this original again.
                 counter.raised.append(e)
@@ -647,9 +796,12 @@ def _repeat_factor_ids(image_ids, factors, seed, repeat):
     return (passes if repeat else passes.take(1)).flat_map(one_pass)
 
 
-def _batched_pipeline(image_ids, tf_load, shuffle, repeat, seed, batch_size, factors=None):
-    """The tf.data pipeline over image ids: order, parallel load, skip, batch, prefetch.
-    factors: repeat factors per image (repeat-factor sampling, which shuffles), or None."""
+def _batched_pipeline(image_ids, tf_load, shuffle, repeat, seed, batch_size, factors=None,
+                      parallel=None):
+    """The tf.data pipeline over image ids: order, parallel load, skip, batch.
+    factors: repeat factors per image (repeat-factor sampling, which shuffles), or None.
+    parallel: loads in flight (None: AUTOTUNE); with worker processes, enough to keep
+    each busy, since a waiting call costs its thread nothing."""
     import tensorflow as tf
 
     # Parallel loading, measured on this 2-core machine (shared, load average ~4; 256 px
@@ -672,11 +824,10 @@ def _batched_pipeline(image_ids, tf_load, shuffle, repeat, seed, batch_size, fac
     ds = ds.enumerate()
     # Parallel loads may finish out of order; keep the order when it is meant to be
     # reproducible (seed) or fixed (no shuffling).
-    ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(tf_load, num_parallel_calls=parallel or tf.data.AUTOTUNE,
                 deterministic=seed is not None or not shuffle)
     ds = ds.filter(_is_ok).map(_drop_flag)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True)
 
 
 def pipeline_error(error, *datasets):

@@ -216,6 +216,20 @@ class MaskRCNN(object):
         metric (default val_segm_AP) without improvement.
         Returns the Keras History (or None when there was nothing to do).
         """
+        from mrcnn import workers
+        # The input pipelines' worker processes end with train(), however it ends.
+        with workers.closing_scope():
+            return self._train(
+                train_dataset, val_dataset, learning_rate, epochs, layers, augmentation,
+                custom_callbacks, no_augmentation_sources, on_error, verbose,
+                evaluate_every, evaluate_limit, keep_best, keep_last,
+                early_stopping_patience)
+
+    def _train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
+               augmentation, custom_callbacks, no_augmentation_sources, on_error, verbose,
+               evaluate_every, evaluate_limit, keep_best, keep_last,
+               early_stopping_patience):
+        """train()'s work, inside its closing scope."""
         if self.mode != "training":
             raise RuntimeError("Create the model in training mode to train it")
         from mrcnn import data

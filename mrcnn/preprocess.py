@@ -166,6 +166,48 @@ def resize(image, output_shape, order=1, mode="constant", cval=0, clip=True,
         anti_aliasing_sigma=anti_aliasing_sigma)
 
 
+def _linear_taps_np(n_in, n_out):
+    """numpy twin of _linear_taps along one axis: (i0, i1, w0, w1) for n_out outputs."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    lo = np.floor(src)
+    w0 = 1.0 - (src - lo)
+    w1 = 1.0 - w0
+    last = n_in - 1.0
+    w0 = np.where((lo >= 0.0) & (lo <= last), w0, 0.0)
+    w1 = np.where((lo + 1.0 >= 0.0) & (lo + 1.0 <= last), w1, 0.0)
+    i0 = np.clip(lo, 0.0, max(last, 0.0)).astype(np.intp)
+    i1 = np.clip(lo + 1.0, 0.0, max(last, 0.0)).astype(np.intp)
+    return i0, i1, w0, w1
+
+
+def resize_uint8(image, out_h, out_w):
+    """resize(image, (out_h, out_w), preserve_range=True).astype(np.uint8) for a uint8
+    [H, W] or [H, W, C] image, bit for bit, several times faster: the four bilinear
+    corners are gathered as uint8 and summed in float64 in scipy's order ((x * wy) * wx,
+    left to right; see _bilinear_sum), clipped to the image's range, truncated."""
+    image = np.asarray(image)
+    extra = (None,) * (image.ndim - 2)
+    i0, i1, wy0, wy1 = _linear_taps_np(image.shape[0], int(out_h))
+    j0, j1, wx0, wx1 = _linear_taps_np(image.shape[1], int(out_w))
+    wy0, wy1 = (w[(slice(None), None) + extra] for w in (wy0, wy1))
+    wx0, wx1 = (w[(slice(None),) + extra] for w in (wx0, wx1))
+    r0, r1 = image[i0], image[i1]
+    out = _corner(r0, j0, wy0, wx0)
+    out += _corner(r0, j1, wy0, wx1)
+    out += _corner(r1, j0, wy1, wx0)
+    out += _corner(r1, j1, wy1, wx1)
+    np.clip(out, image.min(), image.max(), out=out)
+    return out.astype(np.uint8)
+
+
+def _corner(rows, cols, wy, wx):
+    """(rows[:, cols] * wy) * wx in float64: one bilinear corner's term."""
+    term = rows[:, cols].astype(np.float64)
+    term *= wy
+    term *= wx
+    return term
+
+
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 # The modes with a deterministic result, which the graph (export) reproduces.
 GRAPH_RESIZE_MODES = ("square", "pad64", "none")
@@ -230,8 +272,10 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
     scale = _resize_scale(h, w, min_dim, max_dim, min_scale, mode)
     if scale != 1:
         # max(1, .): an extreme aspect ratio must not shrink a side to zero pixels.
-        image = resize(image, (max(1, round(h * scale)), max(1, round(w * scale))),
-                       preserve_range=True)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        # uint8 (every loaded image): the exact fast twin of the skimage call.
+        image = (resize_uint8(image, *size) if image.dtype == np.uint8 and image.size
+                 else resize(image, size, preserve_range=True))
     h, w = image.shape[:2]
     crop = None
     if mode == "crop":

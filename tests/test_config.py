@@ -30,6 +30,7 @@ EXTENSION_DEFAULTS = dict(
     BACKBONE_FROZEN_STAGES=0, BOX_HEAD_NUM_CONVS=0, BOX_HEAD_CONV_DIM=256, BOX_HEAD_NUM_FCS=2,
     RPN_POSITIVE_IOU=0.7, RPN_NEGATIVE_IOU=0.3,      # hard-coded 0.7 / 0.3 in Matterport
     RPN_TARGETS_IN_GRAPH=True,                       # Matterport's rules, in the graph
+    DATA_WORKERS=None,                               # one worker process per core
     PRE_NMS_LIMIT_TRAINING=None, PRE_NMS_LIMIT_INFERENCE=None,
     ROI_POSITIVE_IOU=0.5,                            # hard-coded 0.5 in Matterport
     ROI_SAMPLING_RATIO=1, CASCADE=False, CASCADE_IOUS=(0.5, 0.6, 0.7),
