@@ -559,7 +559,10 @@ def test_data_generator_detection_targets_follow_the_random_rois():
     sampled rois, outputs are class ids, per-class box and mask targets; each is checked
     against the GT boxes with numpy (IoU, box_refinement)."""
     # The GT boxes join the proposals (the default), so every image has positives and,
-    # in proportion (ROI_POSITIVE_RATIO), negatives.
+    # in proportion (ROI_POSITIVE_RATIO), negatives. Seeded: the random ROIs (numpy) and
+    # the ROI sample (TF) otherwise change from run to run.
+    import keras
+    keras.utils.set_random_seed(0)
     config = make_config(TRAIN_ROIS_PER_IMAGE=16)
     ds = RectDataset([{"rects": RECTS}, {"rects": RECTS[:2]}])
     gen = data.data_generator(ds, config, shuffle=False, batch_size=2, random_rois=40,
@@ -584,9 +587,18 @@ def test_data_generator_detection_targets_follow_the_random_rois():
         for k, i in enumerate(np.flatnonzero(roi_real)):
             if ids[i] > 0:        # positives: IoU >= 0.5 (1 px rounding) with a GT of that class
                 assert overlaps[k, best[k]] >= 0.45 and gt_ids[real][best[k]] == ids[i]
-                want = utils.box_refinement(rois[b][i:i + 1].astype(np.float64),
-                                            gt_boxes[real][best[k]:best[k] + 1]) / std
-                np.testing.assert_allclose(bbox[b, i, ids[i]], want[0], atol=0.2)
+                # The graph matches in float32 normalised coordinates: between GT boxes
+                # of near-equal IoU (overlapping RECTS) it may pick either one.
+                near = np.flatnonzero((overlaps[k] >= overlaps[k].max() - 0.02) &
+                                      (gt_ids[real] == ids[i]))
+                wants = utils.box_refinement(
+                    np.repeat(rois[b][i:i + 1].astype(np.float64), len(near), 0),
+                    gt_boxes[real][near].astype(np.float64)) / std
+                # The rois come back rounded to whole pixels: one pixel moves a delta by
+                # about 1 / side, i.e. 10 / side in BBOX_STD_DEV (0.1) units.
+                y1, x1, y2, x2 = rois[b][i].astype(np.float64)
+                tol = max(0.2, 1.5 / min(y2 - y1, x2 - x1) / std.min())
+                assert np.abs(wants - bbox[b, i, ids[i]]).max(axis=1).min() <= tol
                 assert mask[b, i, ..., ids[i]].max() == 1.0
             else:
                 assert overlaps[k].max() < 0.55
