@@ -25,12 +25,12 @@ import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
-import pickle
 import random
 import signal
 import threading
 import traceback
 import weakref
+from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 
@@ -241,7 +241,7 @@ def _worker_main(fn, tasks, results, parent):
         reply = _run(fn, task, args)
         try:
             results.send(reply)
-        except (pickle.PicklingError, TypeError, AttributeError) as e:
+        except Exception as e:    # a result that cannot be pickled
             results.send((task, False, WorkerError(
                 "the result of an input pipeline worker cannot be sent: {}".format(e))))
 
@@ -253,7 +253,8 @@ def _run(fn, task, args):
         return task, True, fn(*args)
     except Exception as e:
         try:
-            pickle.loads(pickle.dumps(e))
+            # The pipe pickles it; trusted data of our own child process.
+            ForkingPickler.loads(ForkingPickler.dumps(e))
             return task, False, e
         except Exception:
             return task, False, WorkerError("{}: {}\n{}".format(
