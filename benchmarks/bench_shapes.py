@@ -1,6 +1,7 @@
 """Convergence benchmark on the synthetic shapes: time to train and held-out mAP.
 
     python benchmarks/bench_shapes.py                    # the default shapes run (issue 2)
+    python benchmarks/bench_shapes.py --seeds 0 1 2      # three runs and their median
     python benchmarks/bench_shapes.py --compare-cascade --minutes 12
                                                          # plain vs cascade, same wall time
 
@@ -53,6 +54,9 @@ def main():
     p.add_argument("--minutes", type=float, default=None,
                    help="training time budget per run (minutes)")
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="one run per seed (data, initial weights, shuffling); with several "
+                        "the median mAP is printed, e.g. --seeds 0 1 2")
     p.add_argument("--logs", default=None)
     args = p.parse_args()
 
@@ -62,9 +66,11 @@ def main():
         common += ["--time-budget", str(args.minutes), "--epochs", str(args.epochs or 1000)]
     elif args.epochs:
         common += ["--epochs", str(args.epochs)]
-    runs = [("plain", common)]
-    if args.compare_cascade:
-        runs.append(("cascade", common + ["--cascade"]))
+    runs = []
+    for seed in args.seeds:
+        runs.append(("plain", common + ["--seed", str(seed)]))
+        if args.compare_cascade:
+            runs.append(("cascade", common + ["--seed", str(seed), "--cascade"]))
     results = []
     for name, extra in runs:
         r = run_shapes(extra, logs)
@@ -76,6 +82,12 @@ def main():
                                                 r["infer_s_per_image"] or 0), flush=True)
     for r in results:
         print(json.dumps(r))
+    for name in ("plain", "cascade"):
+        maps = sorted(r["map50"] or 0 for r in results if r["model"] == name)
+        if len(maps) > 1:
+            print("{} mAP@0.5 over {} seeds: {} -> median {:.3f}".format(
+                name, len(maps), ", ".join("{:.3f}".format(m) for m in maps),
+                maps[len(maps) // 2]))
     if args.compare_cascade and len(results) == 2:
         plain, casc = results
         if plain["infer_s_per_image"] and casc["infer_s_per_image"]:
