@@ -167,7 +167,7 @@ def resize(image, output_shape, order=1, mode="constant", cval=0, clip=True,
 
 
 def _linear_taps_np(n_in, n_out):
-    """numpy twin of _linear_taps along one axis: (i0, i1, w0, w1) for n_out outputs."""
+    """numpy twin of linear_taps_graph along one axis: (i0, i1, w0, w1) for n_out outputs."""
     src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
     lo = np.floor(src)
     w0 = 1.0 - (src - lo)
@@ -601,13 +601,14 @@ def unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape,
 #  Resizing and molding in the graph (TF)
 ############################################################
 
-def _linear_taps(positions, in_size, out_size):
+def linear_taps_graph(positions, in_size, out_size):
     """Bilinear taps of scipy's ``zoom(order=1, grid_mode=True, mode='grid-constant')``,
     which skimage.transform.resize (and so ``resize``) calls: the TF twin of
     linear_resize_weights.
 
-    positions: float64 [..., K] output pixel indices (may lie outside [0, out_size)).
-    in_size, out_size: float64 (broadcastable). Returns (i0, i1) int32 indices clamped
+    positions: float [..., K] output pixel indices (may lie outside [0, out_size)).
+    in_size, out_size: same float dtype (broadcastable); float64 for skimage's exact
+    result, float32 where the runtime has no float64 (TFLite export). Returns (i0, i1) int32 indices clamped
     into [0, in_size - 1] and (w0, w1) float64 weights, zero for taps outside the input
     (grid-constant reads zeros there). The weights are computed as scipy does (w0 = 1 - t,
     w1 = 1 - w0) so that the sums below round exactly like its C loop.
@@ -656,9 +657,9 @@ def resize_images_graph(images, out_h, out_w):
     x = tf.cast(images, tf.float64)
     shape = tf.shape(images)
     in_h, in_w = tf.cast(shape[1], tf.float64), tf.cast(shape[2], tf.float64)
-    rows = _linear_taps(tf.range(out_h, dtype=tf.float64), in_h,
+    rows = linear_taps_graph(tf.range(out_h, dtype=tf.float64), in_h,
                         tf.cast(out_h, tf.float64))
-    cols = _linear_taps(tf.range(out_w, dtype=tf.float64), in_w,
+    cols = linear_taps_graph(tf.range(out_w, dtype=tf.float64), in_w,
                         tf.cast(out_w, tf.float64))
     x = _bilinear_sum(x, rows, cols, row_axis=1, batch_dims=0,
                       wy_shape=[1, -1, 1, 1], wx_shape=[1, 1, -1, 1])
@@ -837,7 +838,7 @@ def paste_masks_graph(masks, boxes, height, width, threshold=0.5):
         pos = tf.range(size, dtype=tf.float64)[None, :] - lo[:, None]
         extent = hi - lo
         inside = (pos >= 0.0) & (pos < extent[:, None])
-        i0, i1, w0, w1 = _linear_taps(pos, m, tf.maximum(extent, 1.0)[:, None])
+        i0, i1, w0, w1 = linear_taps_graph(pos, m, tf.maximum(extent, 1.0)[:, None])
         return i0, i1, w0, w1, inside
 
     ry0, ry1, wy0, wy1, in_y = taps(b[:, 0], b[:, 2], height, mh)

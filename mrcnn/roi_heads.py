@@ -51,6 +51,22 @@ def _dim(tensor, axis):
     return size if size is not None else tf.shape(tensor)[axis]
 
 
+def roi_pyramid_level(boxes, image_meta):
+    """The FPN level (2-5) each ROI is pooled from: boxes [B, N, 4] normalised float32,
+    image_meta [B, META] -> int32 [B, N]. FPN paper eq. 1 in normalised coordinates: a
+    224x224-pixel ROI maps to P4."""
+    image_shape = parse_image_meta_graph(image_meta)["image_shape"][0]
+    image_area = image_shape[0] * image_shape[1]
+    h = boxes[..., 2] - boxes[..., 0]
+    w = boxes[..., 3] - boxes[..., 1]
+    level = log2_graph(tf.sqrt(tf.maximum(h * w, 0.0)) / (224.0 / tf.sqrt(image_area)))
+    # Clip before the int cast so empty boxes (log2 = -inf) land safely on P2.
+    level = tf.clip_by_value(4.0 + tf.round(level), 2.0, 5.0)
+    # A NaN box (diverged weights) must still land on one level, or the inverse
+    # permutation of PyramidROIAlign fails with an opaque error.
+    return tf.cast(tf.where(tf.math.is_finite(level), level, 2.0), tf.int32)
+
+
 @keras.saving.register_keras_serializable(package="mrcnn")
 class PyramidROIAlign(keras.layers.Layer):
     """ROI Align on the FPN level that suits each box's size.
@@ -94,17 +110,7 @@ class PyramidROIAlign(keras.layers.Layer):
         feature_maps = inputs[2:]
         out_dtype = feature_maps[0].dtype
 
-        # FPN paper eq. 1 in normalised coordinates: a 224x224-pixel ROI maps to P4.
-        image_shape = parse_image_meta_graph(image_meta)["image_shape"][0]
-        image_area = image_shape[0] * image_shape[1]
-        h = boxes[..., 2] - boxes[..., 0]
-        w = boxes[..., 3] - boxes[..., 1]
-        level = log2_graph(tf.sqrt(tf.maximum(h * w, 0.0)) / (224.0 / tf.sqrt(image_area)))
-        # Clip before the int cast so empty boxes (log2 = -inf) land safely on P2.
-        level = tf.clip_by_value(4.0 + tf.round(level), 2.0, 5.0)
-        # A NaN box (diverged weights) must still land on one level, or the inverse
-        # permutation below fails with an opaque error.
-        level = tf.cast(tf.where(tf.math.is_finite(level), level, 2.0), tf.int32)
+        level = roi_pyramid_level(boxes, image_meta)
 
         batch = _dim(boxes, 0)
         num_boxes = _dim(boxes, 1)
@@ -772,24 +778,28 @@ class DetectionLayer(keras.layers.Layer):
         window = norm_boxes_graph(meta["window"], meta["image_shape"][0, :2])  # [B, 4]
         return self.refine(rois, probs, deltas, window)
 
-    def refine(self, rois, probs, deltas, window):
-        """The detections of ``call`` from a normalised window [B, 4] instead of the image
-        meta (rois, probs, deltas as ``call``'s inputs, float32). Returns [B, D, 6]."""
+    def candidates(self, rois, probs, deltas, window):
+        """Every ROI's refined box [B, N, 4] (clipped to the window), argmax class
+        [B, N] int32 and score [B, N], 0 for background or below DETECTION_MIN_CONFIDENCE:
+        the input of the per-class NMS."""
         class_ids = tf.argmax(probs, axis=-1, output_type=tf.int32)          # [B, N]
         scores = tf.reduce_max(probs, axis=-1)
         # Per-class deltas [B, N, C, 4] -> the argmax class's; class-agnostic [B, N, 1, 4]
         # -> its only row (min(class, q - 1) = 0).
         delta_ix = tf.minimum(class_ids, tf.shape(deltas)[2] - 1)
         deltas = tf.gather(deltas, delta_ix, batch_dims=2)                  # [B, N, 4]
-        boxes = self.box_coder.decode_graph(rois, deltas)
-        boxes = clip_boxes_graph(boxes, window)
-
+        boxes = clip_boxes_graph(self.box_coder.decode_graph(rois, deltas), window)
         keep = tf.logical_and(class_ids > 0, scores >= self.min_confidence)
+        return boxes, class_ids, tf.where(keep, scores, 0.0)
+
+    def refine(self, rois, probs, deltas, window):
+        """The detections of ``call`` from a normalised window [B, 4] instead of the image
+        meta (rois, probs, deltas as ``call``'s inputs, float32). Returns [B, D, 6]."""
+        boxes, class_ids, scores = self.candidates(rois, probs, deltas, window)
         # Only the argmax class of a kept ROI has a non-zero score, so the per-class NMS of
         # combined_non_max_suppression (score_threshold 0 drops the zeros) is Matterport's.
         num_classes = _dim(probs, 2)
-        class_scores = tf.one_hot(class_ids, num_classes) * \
-            tf.where(keep, scores, 0.0)[..., tf.newaxis]
+        class_scores = tf.one_hot(class_ids, num_classes) * scores[..., tf.newaxis]
         nms = tf.image.combined_non_max_suppression(
             boxes[:, :, tf.newaxis, :], class_scores,
             max_output_size_per_class=self.max_instances,

@@ -378,6 +378,12 @@ class ProposalLayer(keras.layers.Layer):
         self.box_coder = BoxCoder(rpn_bbox_std_dev, "{}: RPN_BBOX_STD_DEV".format(name))
 
     def call(self, inputs):
+        # NMS needs only the score order, which top_k gave the boxes.
+        return proposal_nms(self.top_boxes(inputs), self.proposal_count, self.nms_threshold)
+
+    def top_boxes(self, inputs):
+        """[rpn_probs, rpn_bbox, anchors] -> the PRE_NMS_LIMIT best-scored anchors' decoded
+        boxes [B, K, 4], normalised, clipped to the image, in descending score order."""
         rpn_probs, rpn_bbox, anchors = inputs
         scores = tf.cast(rpn_probs, tf.float32)[:, :, 1]
         deltas = tf.cast(rpn_bbox, tf.float32)
@@ -398,9 +404,7 @@ class ProposalLayer(keras.layers.Layer):
         boxes = clip_boxes_graph(boxes, tf.constant([0.0, 0.0, 1.0, 1.0]))
         # Proposals are treated as constants downstream (as in Faster R-CNN); NMS has no
         # gradient anyway.
-        boxes = tf.stop_gradient(boxes)
-        # NMS needs only the score order, which top_k gave the boxes.
-        return proposal_nms(boxes, self.proposal_count, self.nms_threshold)
+        return tf.stop_gradient(boxes)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], self.proposal_count, 4)
