@@ -21,6 +21,8 @@ setup(
     packages=find_packages(include=["mrcnn", "mrcnn.*"]),
     python_requires=">=3.10",
     install_requires=read_requirements("requirements.txt"),
-    extras_require={"dev": read_requirements("requirements-dev.txt")},
+    extras_require={"export": read_requirements("requirements-export.txt"),
+                    "dev": read_requirements("requirements-dev.txt")
+                    + read_requirements("requirements-export.txt")},
     license="MIT",
 )

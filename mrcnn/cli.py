@@ -14,9 +14,12 @@ Commands:
             and detect rebuild the model given only the weights.
   evaluate  pycocotools bbox/segm table and per-class AP on annotated images, and the
             detections as a COCO results JSON
-  detect    image files or folders -> one PNG with masks per image and detections.json
+  detect    image files, folders or videos -> one PNG with masks per image, one MP4 per
+            video and detections.json; from .h5 weights or an exported model (SavedModel
+            folder, .onnx, .tflite)
             (COCO results with file_name and category_name); --tile for large images
-  export    write a SavedModel for TF Serving from a weight file and a Config class
+  export    write a SavedModel for TF Serving, or an ONNX model (--format onnx or an
+            .onnx --out), from a weight file and a Config class
             (mrcnn.export; ``python -m mrcnn.export ...`` is the same command)
 
 The samples (samples/coco.py, balloon.py, nucleus.py, shapes.py) keep Matterport's command
@@ -57,12 +60,21 @@ def load_config_class(spec, flag="--config"):
 
 def _add_export_parser(commands):
     parser = commands.add_parser(
-        "export", help="write a SavedModel for TF Serving",
-        description="Export Mask R-CNN weights as a SavedModel for TF Serving.")
+        "export", help="write a SavedModel (TF Serving), ONNX or TFLite model",
+        description="Export Mask R-CNN weights as a SavedModel for TF Serving, an ONNX "
+                    "model or a TFLite model (uint8 images in, detections out).")
     parser.add_argument("--weights", required=True, help="Keras-2-layout .h5 weight file")
     parser.add_argument("--config", required=True,
                         help="Config class: package.module:ClassName or file.py:ClassName")
-    parser.add_argument("--out", required=True, help="new directory for the SavedModel")
+    parser.add_argument("--out", required=True,
+                        help="new SavedModel directory, .onnx or .tflite file (must not "
+                             "exist)")
+    # Checked against mrcnn.export.EXPORT_FORMATS when the command runs.
+    parser.add_argument("--format", default=None, metavar="saved_model|onnx|tflite",
+                        help="export format (default: from --out's suffix: .onnx, "
+                             ".tflite, else a SavedModel directory)")
+    parser.add_argument("--opset", type=int, default=None,
+                        help="ONNX opset (default mrcnn.export.ONNX_OPSET)")
     # Checked against mrcnn.export.MASK_MODES when the command runs (importing it here
     # would import TensorFlow for --help).
     parser.add_argument("--masks", default="small",
@@ -78,13 +90,18 @@ def run_export(args, parser):
     import tensorflow as tf
 
     from mrcnn.config import Config
-    from mrcnn.export import MASK_MODES, SERVING_KEYS, export_saved_model
+    from mrcnn.export import (MASK_MODES, ONNX_OPSET, SERVING_KEYS, ExportError,
+                              export_format, export_model)
     from mrcnn.model import MaskRCNN
 
     if args.masks not in MASK_MODES:
         parser.error("--masks must be one of {}, got {!r}".format(MASK_MODES, args.masks))
     if os.path.lexists(args.out):
         parser.error("--out {} already exists: refusing to overwrite it".format(args.out))
+    try:
+        fmt = export_format(args.out, args.format)
+    except ExportError as e:
+        parser.error("--format: {}".format(e))
     cls = load_config_class(args.config)
     if not (isinstance(cls, type) and issubclass(cls, Config)):
         parser.error("--config {} is not a mrcnn.config.Config subclass".format(args.config))
@@ -94,10 +111,19 @@ def run_export(args, parser):
                      strategy=tf.distribute.get_strategy())
     report = model.load_weights(args.weights, by_name=True, verbose=0)
     print(report.summary() if hasattr(report, "summary") else report)
-    export_saved_model(model, args.out, masks=args.masks)
-    print("SavedModel written to {} (signature serving_default: uint8 images [B, H, W, {}] "
-          "-> {}; masks={})".format(args.out, config.IMAGE_CHANNEL_COUNT,
-                                    ", ".join(SERVING_KEYS), args.masks))
+    # The run's class names (when the weights come from `python -m mrcnn train`) travel
+    # with the export, for `detect` on the exported model.
+    class_names = (read_run_description(args.weights) or {}).get("class_names")
+    try:
+        export_model(model, args.out, format=fmt, masks=args.masks,
+                     opset=ONNX_OPSET if args.opset is None else args.opset,
+                     class_names=class_names)
+    except ExportError as e:
+        parser.error(str(e))
+    kind = {"saved_model": "SavedModel", "onnx": "ONNX model", "tflite": "TFLite model"}
+    print("{} written to {} (serving_default: uint8 images [B, H, W, {}] -> {}; "
+          "masks={})".format(kind[fmt], args.out, config.IMAGE_CHANNEL_COUNT,
+                             ", ".join(SERVING_KEYS), args.masks))
     return 0
 
 
@@ -221,10 +247,10 @@ def _add_config_args(parser):
                              "default mrcnn.config.Config)")
 
 
-def _add_run_args(parser, weights_keywords, weights_help):
+def _add_run_args(parser, weights_keywords, weights_help, weights_type=None):
     from mrcnn import sample_cli
     parser.add_argument("--weights", required=True,
-                        type=sample_cli.weights_type(weights_keywords),
+                        type=weights_type or sample_cli.weights_type(weights_keywords),
                         metavar="|".join(weights_keywords) + "|PATH", help=weights_help)
     parser.add_argument("--logs", default="logs", metavar="DIR",
                         help="runs folder (default ./logs)")
@@ -453,10 +479,17 @@ def run_evaluate(args, parser):
 
 def _add_detect_parser(commands):
     parser = commands.add_parser(
-        "detect", help="detect objects in images, write PNGs with masks and a COCO JSON",
-        description="Run trained weights on image files or folders of images.")
+        "detect", help="detect objects in images or videos, write PNGs / MP4s with masks "
+                       "and a COCO JSON",
+        description="Run trained weights or an exported model on image files, folders of "
+                    "images or video files.")
     parser.add_argument("inputs", nargs="+", metavar="INPUTS",
-                        help="image files or folders (give them before --config)")
+                        help="image files, folders or video files ({}; give them before "
+                             "--config)".format(", ".join(VIDEO_EXTENSIONS)))
+    parser.add_argument("--batch", type=int, default=None, metavar="N",
+                        help="images per call of an exported model, or video frames per "
+                             "call (default: the config's BATCH_SIZE; 4 for exported "
+                             "models)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--tile", type=int, default=None, metavar="N",
                         help="tiled detection in N x N windows (N a multiple of 64) for "
@@ -464,9 +497,41 @@ def _add_detect_parser(commands):
     parser.add_argument("--min-confidence", type=float, default=None, metavar="X",
                         help="keep detections scoring at least X (default: the config's "
                              "DETECTION_MIN_CONFIDENCE)")
-    _add_run_args(parser, RUN_WEIGHTS, "a .h5 file, or last / best of the runs of --name")
+    _add_run_args(parser, RUN_WEIGHTS, "a .h5 file, last / best of the runs of --name, or "
+                  "an exported model (SavedModel folder, .onnx or .tflite file)",
+                  weights_type=_detect_weights_type)
     parser.set_defaults(run=run_detect)
     return parser
+
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+DEFAULT_EXPORTED_BATCH = 4
+
+
+def _is_exported_model(path):
+    """A SavedModel folder, or an .onnx / .tflite file (by name: checked when loaded)."""
+    if os.path.isdir(path):
+        return os.path.isfile(os.path.join(path, "saved_model.pb"))
+    return path.lower().endswith((".onnx", ".tflite"))
+
+
+def _detect_weights_type(value):
+    """detect's --weights: an exported model, or what evaluate accepts."""
+    from mrcnn import sample_cli
+    if _is_exported_model(value):
+        if not os.path.exists(value):
+            raise argparse.ArgumentTypeError("exported model not found: {}".format(value))
+        return value
+    if os.path.isdir(value):
+        raise argparse.ArgumentTypeError("{} is a folder but not a SavedModel (no "
+                                          "saved_model.pb)".format(value))
+    return sample_cli.weights_type(RUN_WEIGHTS)(value)
+
+
+def _split_inputs(inputs):
+    """(video files, other inputs) of detect's INPUTS, by extension."""
+    videos = [p for p in inputs if os.path.splitext(p)[1].lower() in VIDEO_EXTENSIONS]
+    return videos, [p for p in inputs if p not in videos]
 
 
 def image_files(inputs):
@@ -514,28 +579,154 @@ def _output_png(out_dir, image_path, used):
 
 
 def run_detect(args, parser):
-    """The detect command: one PNG per image and detections.json (COCO results with
-    file_name and category_name). Returns the exit status."""
+    """The detect command: one PNG per image, one MP4 per video, and detections.json (COCO
+    results with file_name and category_name; a video's frames are images of their own,
+    with frame_index). Returns the exit status."""
     try:
         if args.tile is not None and (args.tile < 64 or args.tile % 64):
             raise ValueError("--tile must be a multiple of 64, got {}".format(args.tile))
-        files = image_files(args.inputs)
-        weights, description = _resolve_run_weights(args)
-        class_names = _detect_class_names(args, description)
-        final = ({} if args.min_confidence is None
-                 else {"DETECTION_MIN_CONFIDENCE": args.min_confidence})
-        model = _inference_model(args, class_names, description, {}, final)
+        if args.batch is not None and args.batch < 1:
+            raise ValueError("--batch must be >= 1, got {}".format(args.batch))
+        videos, others = _split_inputs(args.inputs)
+        for video in videos:
+            if not os.path.isfile(video):
+                raise FileNotFoundError("input not found: {}".format(video))
+        files = image_files(others) if others else []
+        if _is_exported_model(args.weights):
+            if args.tile is not None:
+                raise ValueError("--tile needs .h5 weights, not the exported model "
+                                 "{}".format(args.weights))
+            model, class_names = _exported_detector(args)
+            weights = None
+        else:
+            weights, description = _resolve_run_weights(args)
+            class_names = _detect_class_names(args, description)
+            final = ({} if args.min_confidence is None
+                     else {"DETECTION_MIN_CONFIDENCE": args.min_confidence})
+            model = _inference_model(args, class_names, description, {}, final)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
-    print("Loading weights ", weights)
-    model.load_weights(weights, by_name=True)
+    if weights is not None:
+        print("Loading weights ", weights)
+        model.load_weights(weights, by_name=True)
     os.makedirs(args.out, exist_ok=True)
-    entries = _detect_files(model, files, ["BG"] + class_names, args.out, args.tile)
+    entries = _detect_files(model, files, ["BG"] + class_names, args.out, args.tile) \
+        if files else []
+    frames = 0
+    for video in videos:
+        try:
+            video_entries, n = _detect_video(model, video, ["BG"] + class_names, args.out,
+                                             len(files) + frames, args.batch)
+        except (ValueError, FileNotFoundError) as e:
+            parser.error(str(e))
+        entries += video_entries
+        frames += n
     path = os.path.join(args.out, "detections.json")
     _write_json(path, entries)
-    print("{} detections in {} images: {} and the PNGs in {}".format(
-        len(entries), len(files), path, args.out))
+    print("{} detections in {} images and {} video frames: {} and the PNGs/MP4s in "
+          "{}".format(len(entries), len(files), frames, path, args.out))
     return 0
+
+
+class _ExportedDetector(object):
+    """An exported model behind the detect()/config interface _detect_files uses."""
+
+    def __init__(self, exported, batch, min_confidence):
+        import types
+        self.exported = exported
+        self.config = types.SimpleNamespace(BATCH_SIZE=batch)
+        self.min_confidence = min_confidence
+
+    def detect(self, images, tile=None):
+        results = self.exported.detect(images)
+        if self.min_confidence is not None:
+            for r in results:
+                keep = r["scores"] >= self.min_confidence
+                r.update(rois=r["rois"][keep], class_ids=r["class_ids"][keep],
+                         scores=r["scores"][keep], masks=r["masks"][..., keep])
+        return results
+
+
+def _exported_detector(args):
+    """(detector, class names) of an exported model given as --weights."""
+    from mrcnn.export import ExportError, ExportedModel
+    try:
+        exported = ExportedModel(args.weights)
+    except ExportError as e:
+        raise ValueError(str(e)) from None
+    names = exported.class_names
+    if not names:
+        n = (exported.info.get("config") or {}).get("NUM_CLASSES")
+        if not n:
+            raise ValueError("--weights {}: no class names or NUM_CLASSES in the export's "
+                             "config".format(args.weights))
+        names = ["class{}".format(i) for i in range(1, int(n))]
+    print("Exported model: {} ({})".format(args.weights, exported.format))
+    return (_ExportedDetector(exported, args.batch or DEFAULT_EXPORTED_BATCH,
+                              args.min_confidence), list(names))
+
+
+def _detect_video(model, path, class_names, out_dir, first_id, batch=None):
+    """Detect in every frame of the video ``path`` (OpenCV), ``batch`` frames per call
+    (default config.BATCH_SIZE). Writes <out>/<name>_detections.mp4 (masks drawn, the
+    source's frame rate) and returns (COCO entries, frame count); frame k is image_id
+    first_id + k, with file_name and frame_index. Raises ValueError naming a video that
+    cannot be opened or holds no frame."""
+    import cv2
+    import keras
+    from mrcnn.evaluate import detections_to_coco
+    from mrcnn.visualize import draw_instances
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise ValueError("cannot open video {} (not a video, or a codec OpenCV lacks)".format(
+            path))
+    batch = batch or model.config.BATCH_SIZE
+    if getattr(model, "exported", None) is None and batch != model.config.BATCH_SIZE:
+        batch = model.config.BATCH_SIZE     # a Keras model's graph takes BATCH_SIZE images
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    stem = os.path.splitext(os.path.basename(path))[0]
+    out_path = os.path.join(out_dir, stem + "_detections.mp4")
+    writer, entries, count = None, [], 0
+    progress = keras.utils.Progbar(total, unit_name="frame")
+    try:
+        done = False
+        while not done:
+            frames = []
+            while len(frames) < batch:
+                ok, frame = capture.read()
+                if not ok:
+                    done = True
+                    break
+                frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            if not frames:
+                break
+            padded = frames
+            if getattr(model, "exported", None) is None:
+                # A Keras model's detect() takes BATCH_SIZE images: pad a short last batch.
+                padded = frames + [frames[-1]] * (batch - len(frames))
+            results = model.detect(padded)[:len(frames)]
+            for frame, r in zip(frames, results):
+                drawn = draw_instances(frame, r, class_names)
+                if writer is None:
+                    h, w = drawn.shape[:2]
+                    writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"),
+                                             fps, (w, h))
+                writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+                for e in detections_to_coco(first_id + count, r):
+                    e.update(file_name=path, frame_index=count,
+                             category_name=class_names[e["category_id"]])
+                    entries.append(e)
+                count += 1
+            progress.update(count)
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if count == 0:
+        raise ValueError("video {} has no readable frame".format(path))
+    print("detect: {} frames of {} -> {}".format(count, path, out_path))
+    return entries, count
 
 
 def _detect_files(model, files, class_names, out_dir, tile):

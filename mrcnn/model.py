@@ -583,13 +583,21 @@ class MaskRCNN(object):
         return result
 
     # ------------------------------------------------------------------ serving
-    def export(self, path, masks="small"):
+    def export(self, path, masks="small", format=None, opset=None, class_names=None):
         """Write a SavedModel for TF Serving (see mrcnn.export): its serving_default
         signature takes uint8 images [B, H, W, C] and returns boxes (original pixels),
         class_ids, scores, num_detections and masks ("small": MASK_SHAPE probabilities
-        per box; "full": bool [B, D, H, W]). Refuses an existing path. Returns path."""
-        from mrcnn.export import export_saved_model
-        return export_saved_model(self, path, masks=masks)
+        per box; "full": bool [B, D, H, W]). Refuses an existing path. Returns path.
+
+        format: "saved_model", "onnx" (tf2onnx, opset ``opset`` or
+        mrcnn.export.ONNX_OPSET) or "tflite" (builtin ops only, masks="small"); None
+        picks it from the path's suffix (.onnx, .tflite, else a SavedModel directory).
+        Same inputs and outputs in every format (docs/serving.md). class_names: stored
+        with the config JSON for ``python -m mrcnn detect``."""
+        from mrcnn.export import ONNX_OPSET, export_model
+        return export_model(self, path, format=format, masks=masks,
+                            opset=ONNX_OPSET if opset is None else opset,
+                            class_names=class_names)
 
 
 __all__ = ["MaskRCNN", "NonFiniteLossError", "compose_image_meta", "parse_image_meta",

@@ -150,6 +150,30 @@ def test_detect_writes_pngs_and_json(trained, capsys):
     assert "detections in 3 images" in capsys.readouterr().out
 
 
+def test_detect_on_a_video_with_h5_weights(trained, capsys):
+    import cv2
+    tmp, logs, _ = trained
+    video = str(tmp / "clip.mp4")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5, (SIZE, SIZE))
+    for k in range(5):        # 5 frames, batches of IMAGES_PER_GPU = 2: a short last one
+        frame = np.asarray(Image.open(tmp / "train" / "img{}.png".format(k % 4)))
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    out = str(tmp / "video_out")
+    assert cli.main(["detect", video, "--weights", "last", "--logs", logs, "--name",
+                     "clitest", "--out", out, "--min-confidence", "0"]) == 0
+    assert "5 video frames" in capsys.readouterr().out
+    capture = cv2.VideoCapture(os.path.join(out, "clip_detections.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    capture.release()
+    with open(os.path.join(out, "detections.json")) as f:
+        dets = json.load(f)
+    # min-confidence 0: every frame of these pictures has detections.
+    assert {d["frame_index"] for d in dets} == set(range(5))
+    assert all(d["image_id"] == d["frame_index"] and d["file_name"] == video for d in dets)
+    assert all(d["category_name"] in CLASSES for d in dets)
+
+
 # ----------------------------------------------------------------------------- errors
 
 def usage_error(argv, capsys):

@@ -96,6 +96,30 @@ def test_draw_box_pixels():
     assert img[..., 1:].max() == 0
 
 
+def test_draw_instances_blends_masks_and_boxes(scene):
+    """The video drawing: the input untouched, mask pixels blended as apply_mask does,
+    the box outline in the instance's colour, nothing drawn far from any detection."""
+    image, masks, boxes, cids, scores = scene
+    r = {"rois": boxes, "masks": masks, "class_ids": cids, "scores": scores}
+    before = image.copy()
+    out = visualize.draw_instances(image, r, CLASS_NAMES, alpha=0.5)
+    assert np.array_equal(image, before) and out.dtype == np.uint8
+    colors = visualize.random_colors(2, shuffle=False)
+    want = image.copy()
+    for i, c in enumerate(colors):
+        visualize.apply_mask(want, masks[:, :, i], c, 0.5)
+    # Inside the square's mask, away from its box outline and label: the blend exactly.
+    np.testing.assert_array_equal(out[14:28, 12:38], want[14:28, 12:38])
+    # The square's box (5, 10, 30, 40): its left edge column in the first colour.
+    red = tuple(int(255 * v) for v in colors[0])
+    assert np.all(out[12:28, 10] == red)
+    # A corner far from both instances is unchanged.
+    np.testing.assert_array_equal(out[55:, :5], image[55:, :5])
+    empty = {"rois": np.zeros((0, 4), int), "masks": np.zeros((H, W, 0), bool),
+             "class_ids": np.zeros(0, int), "scores": np.zeros(0)}
+    np.testing.assert_array_equal(visualize.draw_instances(image, empty, CLASS_NAMES), image)
+
+
 def test_display_instances_png(scene, tmp_path):
     image, masks, boxes, cids, scores = scene
     path = str(tmp_path / "inst.png")
