@@ -741,8 +741,10 @@ def _detect_files(model, files, class_names, out_dir, tile):
     reader = Dataset()  # its load_image: any format, errors naming the file
     for path in files:
         reader.add_image("detect", image_id=path, path=path)
+    import keras
     entries, used = [], set()
     batch = model.config.BATCH_SIZE
+    progress = keras.utils.Progbar(len(files), unit_name="image")
     for start in range(0, len(files), batch):
         ids = list(range(start, min(start + batch, len(files))))
         images = [reader.load_image(i) for i in ids]
@@ -754,7 +756,7 @@ def _detect_files(model, files, class_names, out_dir, tile):
             for e in detections_to_coco(i, r):
                 e.update(file_name=files[i], category_name=class_names[e["category_id"]])
                 entries.append(e)
-        print("detect: {}/{} images".format(ids[-1] + 1, len(files)))
+        progress.update(ids[-1] + 1)
     return entries
 
 
