@@ -228,8 +228,9 @@ def _optional(name):
     try:
         return importlib.import_module(name)
     except ImportError as e:
-        raise ExportError("ONNX export needs {} ({}): pip install -e .[export] or pip "
-                          "install tf2onnx onnx onnxruntime".format(name, e)) from None
+        raise ExportError("ONNX export and running .onnx models need {} ({}): pip install "
+                          "-e .[export], or pip install tf2onnx onnx "
+                          "onnxruntime".format(name, e)) from None
 
 
 def export_format(path, format=None):

@@ -216,6 +216,14 @@ def test_bad_format_and_missing_model(model, tmp_path):
         E.ExportedModel(str(tmp_path / "a.txt"))
 
 
+def test_missing_onnx_dependency_says_what_to_install(model, tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)        # import now fails
+    with pytest.raises(E.ExportError, match=r"need tf2onnx .*pip install -e \.\[export\]"):
+        model.export(str(tmp_path / "m.onnx"))
+    assert not (tmp_path / "m.onnx").exists()
+
+
 # ----------------------------------------------------------------------------- command line
 @pytest.fixture(scope="module")
 def onnx_model(model, tmp_path_factory):
