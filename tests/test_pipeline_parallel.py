@@ -31,9 +31,9 @@ class ShapesConfig(Config):
     MINI_MASK_SHAPE = (14, 14)
 
 
-def shapes():
-    ds = ShapesDataset()
-    ds.load_shapes(10, 80, 112, seed=3)
+def shapes(count=10, cls=ShapesDataset):
+    ds = cls()
+    ds.load_shapes(count, 80, 112, seed=3)
     ds.prepare()
     return ds
 
@@ -156,10 +156,7 @@ class BrokenShapes(ShapesDataset):
 
 
 def broken_shapes():
-    ds = BrokenShapes()
-    ds.load_shapes(8, 80, 112, seed=3)
-    ds.prepare()
-    return ds
+    return shapes(8, BrokenShapes)
 
 
 def test_worker_errors_raise_naming_the_image_and_skips_are_counted():
