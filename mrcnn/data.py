@@ -593,7 +593,7 @@ def repeat_factors(dataset, threshold):
 def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
                   batch_size=None, no_augmentation_sources=None, on_error="raise",
                   seed=None, skip_empty=True, skip_counter=None,
-                  repeat_factor_threshold=None, workers=None):
+                  repeat_factor_threshold=None, workers=None, autotune=True):
     """A tf.data.Dataset of training batches (dicts keyed as example_spec(config): no
     RPN targets unless config.RPN_TARGETS_IN_GRAPH is False).
 
@@ -618,6 +618,11 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
         on first use, attached as ``result.worker_pool``; close() it to free them early);
         None -> config.DATA_WORKERS, whose None is one per usable core (0 on one core or
         without fork). 0 loads in-process. The batches are the same either way.
+    autotune: tf.data's autotuning of parallel calls and prefetch buffers. False for a
+        pipeline iterated afresh again and again, as Keras does with validation data
+        every epoch: an autotuned iterator's destruction waits for its tuning thread to
+        wake, and that thread sleeps up to 60 s (TF 2.21), so a new validation iterator
+        could stall training for a minute with every core idle. The batches are the same.
 
     Image size: batches need one shape, config.IMAGE_SHAPE. "square" and "crop" modes
     always give it; in "none"/"pad64" modes smaller images are zero-padded at the
@@ -650,9 +655,20 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
                            repeat, seed, batch_size, factors,
                            parallel=2 * pool.processes if pool else None)
     ds = _molded_batches(ds, config)
+    if not autotune:
+        ds = _without_autotune(ds)
     ds.skip_counter = counter
     ds.worker_pool = pool
     return ds
+
+
+def _without_autotune(ds):
+    """ds with tf.data's autotuning (and so its tuning thread) switched off; AUTOTUNE
+    parallelism then stays at its starting value, one call per core."""
+    import tensorflow as tf
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 def _worker_pool(produce, config, workers):

@@ -253,7 +253,8 @@ class MaskRCNN(object):
                                        on_error=on_error,
                                        repeat_factor_threshold=self.config
                                        .REPEAT_FACTOR_THRESHOLD)),
-            (val_dataset, dict(shuffle=True, on_error=on_error)))
+            # Keras makes a new validation iterator every epoch: see build_dataset.
+            (val_dataset, dict(shuffle=True, on_error=on_error, autotune=False)))
         if is_chief(strategy) and not os.path.exists(self.log_dir):
             os.makedirs(self.log_dir)
         guard = NonFiniteLossGuard(loss_output_names(self.config))

@@ -69,9 +69,11 @@ def reference_batches(ds, config, augmentation, seed, monkeypatch):
             for s in range(0, len(examples) - b + 1, b)]
 
 
-def pipeline_batches(ds, config, augmentation, seed, n_workers, shuffle=False):
+def pipeline_batches(ds, config, augmentation, seed, n_workers, shuffle=False,
+                     autotune=True):
     pipeline = data.build_dataset(ds, config, shuffle=shuffle, repeat=False, seed=seed,
-                                  augmentation=augmentation, workers=n_workers)
+                                  augmentation=augmentation, workers=n_workers,
+                                  autotune=autotune)
     try:
         return [{k: v.numpy() for k, v in b.items()} for b in pipeline]
     finally:
@@ -109,6 +111,15 @@ def test_shuffled_seeded_batches_equal_with_and_without_workers():
     augmentation = AUGMENTERS["flip_affine"]
     assert_same(pipeline_batches(ds, config, augmentation, 11, 0, shuffle=True),
                 pipeline_batches(ds, config, augmentation, 11, 2, shuffle=True))
+
+
+def test_batches_equal_without_autotuning():
+    # autotune=False (validation pipelines) changes only how tf.data tunes itself.
+    ds, config = shapes(), ShapesConfig()
+    augmentation = AUGMENTERS["flip_affine"]
+    assert_same(pipeline_batches(ds, config, augmentation, 11, 2, shuffle=True),
+                pipeline_batches(ds, config, augmentation, 11, 2, shuffle=True,
+                                 autotune=False))
 
 
 def test_resize_uint8_equals_skimage_on_many_sizes():

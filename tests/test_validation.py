@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-from mrcnn import evaluate, sample_cli
+from mrcnn import data, evaluate, sample_cli
 from mrcnn import model as modellib
 from mrcnn import training
 from mrcnn.training import (BestCheckpoint, CheckpointCallback, EvaluationCallback,
@@ -93,11 +93,30 @@ def real_run(tmp_path_factory):
     for target, source in training.weight_pairs(model.keras_model, checker.keras_model):
         target.assign(source)
     val = labelled_by(checker, shapes(4, seed=2))
-    history = model.train(shapes(6, seed=1), val, learning_rate=0.001, epochs=2,
-                          layers="heads", evaluate_every=1, keep_best="val_segm_AP",
-                          keep_last=1, verbose=0)
+    built = []          # (is the validation set, tf.data autotuning on) per pipeline
+    build = data.build_dataset
+
+    def spy(dataset, *args, **kwargs):
+        ds = build(dataset, *args, **kwargs)
+        # enabled is None (TensorFlow's default: on) unless set.
+        built.append((dataset is val, ds.options().autotune.enabled is not False))
+        return ds
+
+    data.build_dataset = spy
+    try:
+        history = model.train(shapes(6, seed=1), val, learning_rate=0.001, epochs=2,
+                              layers="heads", evaluate_every=1, keep_best="val_segm_AP",
+                              keep_last=1, verbose=0)
+    finally:
+        data.build_dataset = build
     return dict(model=model, checker=checker, val=val, history=history,
-                log_dir=model.log_dir)
+                log_dir=model.log_dir, built=built)
+
+
+def test_validation_pipeline_is_not_autotuned(real_run):
+    # Keras iterates validation data afresh every epoch; destroying an autotuned
+    # iterator can wait up to 60 s for tf.data's tuning thread (see build_dataset).
+    assert sorted(real_run["built"]) == [(False, True), (True, False)]
 
 
 def logged(history, epoch):
