@@ -663,8 +663,8 @@ def build_dataset(dataset, config, shuffle=True, augmentation=None, repeat=True,
 
 
 def _without_autotune(ds):
-    """ds with tf.data's autotuning (and so its tuning thread) switched off; AUTOTUNE
-    parallelism then stays at its starting value, one call per core."""
+    """ds with tf.data's autotuning (and so its tuning thread) switched off: AUTOTUNE
+    parallelism and buffers keep TensorFlow's starting values."""
     import tensorflow as tf
     options = tf.data.Options()
     options.autotune.enabled = False
