@@ -102,13 +102,11 @@ def real_run(tmp_path_factory):
         built.append((dataset is val, ds.options().autotune.enabled is not False))
         return ds
 
-    data.build_dataset = spy
-    try:
+    with pytest.MonkeyPatch.context() as patch:     # the fixture is module-scoped
+        patch.setattr(data, "build_dataset", spy)
         history = model.train(shapes(6, seed=1), val, learning_rate=0.001, epochs=2,
                               layers="heads", evaluate_every=1, keep_best="val_segm_AP",
                               keep_last=1, verbose=0)
-    finally:
-        data.build_dataset = build
     return dict(model=model, checker=checker, val=val, history=history,
                 log_dir=model.log_dir, built=built)
 
